@@ -1,0 +1,3 @@
+from gptui.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,388 @@
+"""The command line: `gptui` opens the TUI; subcommands run the same engine headless.
+
+Exit status: 0 success, 2 bad usage or input, 1 failure; errors are one line on stderr (a traceback only
+with --debug). Heavy modules (torch, Textual) are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from gptui.core.errors import GptuiError, InputError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, as the contract says
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog="gptui", description="Train a small GPT on a text corpus and talk to it.")
+    p.add_argument("--home", help="workspace folder with inputs/ and models/ (default: $GPTUI_HOME or .)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--version", action="version", version=f"gptui {_version()}")
+    sub = p.add_subparsers(dest="command", parser_class=ArgumentParser)
+
+    t = sub.add_parser("train", help="train a model headless")
+    t.add_argument("--input", help="corpus in inputs/ (with or without .txt)")
+    t.add_argument("--preset", default=None, help="tiny, lecture or seed (default: tiny)")
+    t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting (repeatable); `gptui settings` lists them")
+    t.add_argument("--name", help="name for the run folder (sanitised)")
+    t.add_argument("--resume", metavar="RUN", help="continue a stopped run (id or unique prefix)")
+    t.add_argument("--max-minutes", type=float, help="stop after this many minutes")
+    t.add_argument("--replace-errors", action="store_true", help="replace bytes that are not UTF-8")
+
+    g = sub.add_parser("generate", help="generate text from a saved run")
+    g.add_argument("--run", help="run id or unique prefix (default: newest)")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--prompt", default="", help="text to continue")
+    src.add_argument("--prompt-file", help="file whose text to continue")
+    g.add_argument("--max-new-tokens", type=int, default=500)
+    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", default="", help="stop when this text appears (\\n\\n for a blank line)")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    g.add_argument("--save", action="store_true", help="save the transcript in the run's generations/")
+
+    r = sub.add_parser("runs", help="list runs")
+    r.add_argument("--json", action="store_true", help="print a JSON list")
+
+    pr = sub.add_parser("prepare", help="train the tokenizer and encode a corpus (cached)")
+    pr.add_argument("--input", required=True)
+    pr.add_argument("--tokenizer", choices=("bpe", "char"), default="bpe")
+    pr.add_argument("--vocab-size", type=int, default=None)
+    pr.add_argument("--split-pattern", choices=("gpt4", "gpt2"), default="gpt4")
+    pr.add_argument("--replace-errors", action="store_true")
+
+    c = sub.add_parser("corpora", help="list the corpora in inputs/")
+    c.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("settings", help="list every setting with its default, range and help")
+    s.add_argument("--preset", default=None)
+    return p
+
+
+def _version() -> str:
+    from gptui import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from gptui.core.workspace import Workspace
+
+        if args.home is not None and not args.home.strip():
+            raise InputError("--home needs a folder")
+        workspace = Workspace(args.home)
+        if workspace.home.exists() and not workspace.home.is_dir():
+            raise InputError(f"--home {workspace.home} is not a folder")
+        command = args.command or "tui"
+        return COMMANDS[command](args, workspace)
+    except GptuiError as exc:
+        if args.debug:
+            raise
+        print(f"gptui: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("gptui: interrupted", file=sys.stderr)
+        return 130
+    except PermissionError as exc:
+        if args.debug:
+            raise
+        print(f"gptui: error: permission denied: {exc.filename or exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if args.debug:
+            raise
+        print(f"gptui: error: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}",
+              file=sys.stderr)
+        return 1
+    except Exception as exc:  # last resort: still one line, never a traceback without --debug
+        if args.debug:
+            raise
+        print(f"gptui: error: {type(exc).__name__}: {exc} (run with --debug for details)", file=sys.stderr)
+        return 1
+
+
+# --- commands ------------------------------------------------------------------------------------------------
+
+
+def cmd_tui(args, workspace) -> int:
+    from gptui.tui.app import run_app
+
+    run_app(workspace)
+    return 0
+
+
+def _config_from_args(args):
+    from gptui.core.config import ConfigError, apply_overrides, check, parse_assignments, preset_config
+
+    try:
+        config = preset_config(args.preset or "tiny")
+        overrides = parse_assignments(args.sets)
+        if args.max_minutes is not None:
+            overrides["max_minutes"] = args.max_minutes
+        return check(apply_overrides(config, overrides)), overrides
+    except ConfigError as exc:
+        raise InputError("; ".join(exc.problems.values())) from None
+
+
+def cmd_train(args, workspace) -> int:
+    from gptui.core.config import ConfigError, parse_assignments
+
+    if not args.input and not args.resume:
+        raise InputError("train needs --input NAME (a corpus in inputs/) or --resume RUN")
+    if args.resume:
+        if args.preset:
+            raise InputError("--preset cannot be combined with --resume (the run keeps its settings)")
+        try:
+            overrides = parse_assignments(args.sets)
+        except ConfigError as exc:
+            raise InputError("; ".join(exc.problems.values())) from None
+        if args.max_minutes is not None:
+            overrides["max_minutes"] = args.max_minutes
+        config = None
+    else:
+        config, overrides = _config_from_args(args)
+
+    from gptui.core.trainer import TrainJob
+
+    progress = ConsoleProgress(sys.stderr)
+    job = TrainJob(
+        workspace, args.input, config, name=args.name, resume=args.resume, overrides=overrides,
+        on_event=progress, replace_errors=args.replace_errors,
+    )
+
+    def on_sigint(signum, frame):
+        if job.stopping:
+            raise KeyboardInterrupt
+        progress.message("stopping: saving a checkpoint (ctrl-c again to abort)")
+        job.stop("interrupted (ctrl-c)")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGTERM, lambda s, f: job.stop("terminated (SIGTERM)"))
+    try:
+        result = job.run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        progress.close()
+    print(json.dumps({"run": result.run_id, "status": result.status, "reason": result.reason,
+                      "steps": result.step, "best_val_loss": result.best_val_loss,
+                      "best_val_bpb": result.best_val_bpb, "seconds": round(result.duration, 1),
+                      "tokens_per_sec": round(result.tokens_per_sec)}))
+    return 0
+
+
+class ConsoleProgress:
+    """Turns training events into a progress bar on a terminal, or plain lines in a pipe or log."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last_plain = 0.0
+        self.bar_shown = False
+
+    def message(self, text: str) -> None:
+        self._clear_bar()
+        print(text, file=self.stream, flush=True)
+
+    def _clear_bar(self) -> None:
+        if self.bar_shown:
+            self.stream.write("\r\x1b[2K")
+            self.bar_shown = False
+
+    def __call__(self, e) -> None:
+        from gptui.core import events as ev
+
+        if isinstance(e, ev.Prepare):
+            if self.tty and e.fraction is not None:
+                self.stream.write(f"\r\x1b[2K{e.stage} {_bar(e.fraction, 30)} {e.fraction:5.1%}")
+                self.bar_shown = True
+                self.stream.flush()
+            elif e.fraction is None:
+                self.message(f"{e.stage}...")
+        elif isinstance(e, ev.Started):
+            self.message(f"run {e.run_id}: {e.params:,} parameters on {e.device} ({e.dtype}), "
+                         f"steps {e.start_step}->{e.max_iters}; ctrl-c stops and saves")
+        elif isinstance(e, ev.Step):
+            eta = _hms(e.eta_seconds) if e.eta_seconds is not None else "?"
+            line = (f"step {e.step}/{e.max_iters}  loss {e.loss:.4f}  lr {e.lr:.2e}  "
+                    f"{e.tokens_per_sec:,.0f} tok/s  eta {eta}")
+            if self.tty:
+                self.stream.write(f"\r\x1b[2K{_bar(e.step / e.max_iters, 24)} {line}")
+                self.stream.flush()
+                self.bar_shown = True
+            elif time.time() - self.last_plain >= 10:
+                self.last_plain = time.time()
+                self.message(line)
+        elif isinstance(e, ev.Eval):
+            self.message(f"step {e.step}: train {e.train_loss:.4f}  val {e.val_loss:.4f}  "
+                         f"val bpb {e.val_bpb:.4f}{'  (best)' if e.best else ''}")
+        elif isinstance(e, ev.Sample):
+            self.message(f"--- sample at step {e.step} ---\n{e.text.strip()}\n---")
+        elif isinstance(e, ev.Log) and e.line.startswith(("tokenizer", "data:", "torch.compile", "resum")):
+            self.message(e.line)
+        elif isinstance(e, ev.Finished):
+            self.message(f"{e.status}: {e.reason}")
+
+    def close(self) -> None:
+        self._clear_bar()
+        self.stream.flush()
+
+
+def _bar(fraction: float, width: int) -> str:
+    filled = int(max(0.0, min(1.0, fraction)) * width)
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def cmd_generate(args, workspace) -> int:
+    from gptui.core.runs import RunStore
+
+    store = RunStore(workspace)
+    if args.prompt_file:
+        try:
+            prompt = Path(args.prompt_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read prompt file {args.prompt_file}: {getattr(exc, 'strerror', None) or exc}") from None
+    else:
+        prompt = args.prompt
+    if args.run:
+        run = store.resolve(args.run)
+    else:
+        run = store.newest()
+        if run is None:
+            raise InputError(f"no trained runs in {store.root}; train one first (gptui train --input NAME)")
+
+    from gptui.core.generate import SamplingSettings, load_model, save_transcript, stream_text
+
+    settings = SamplingSettings(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        seed=args.seed, stop=args.stop.encode().decode("unicode_escape") if args.stop else "",
+    )
+    settings.check()
+    loaded = load_model(run, args.device)
+    out = sys.stdout
+    pieces = []
+    out.write(prompt)
+    out.flush()
+    for piece in stream_text(loaded, prompt, settings):
+        pieces.append(piece)
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    if args.save:
+        path = save_transcript(loaded, settings, prompt, prompt + "".join(pieces), "generation")
+        print(f"saved {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_runs(args, workspace) -> int:
+    from gptui.core.runs import RunStore
+
+    infos = RunStore(workspace).list()
+    if args.json:
+        keys = ("id", "corpus", "params", "tokenizer", "steps", "best_val_loss", "val_bpb", "status", "created",
+                "duration", "damaged")
+        print(json.dumps([{k: i.as_dict()[k] for k in keys} for i in infos], indent=2))
+        return 0
+    if not infos:
+        print(f"no runs in {workspace.models}")
+        return 0
+    rows = [("RUN", "CORPUS", "PARAMS", "TOKENIZER", "STEPS", "VAL LOSS", "VAL BPB", "STATUS", "CREATED",
+             "DURATION")]
+    from gptui.core.runs import human_count
+
+    for i in infos:
+        rows.append((
+            i.id, i.corpus, human_count(i.params) if i.params else "?", i.tokenizer, str(i.steps),
+            f"{i.best_val_loss:.4f}" if i.best_val_loss is not None else "-",
+            f"{i.val_bpb:.4f}" if i.val_bpb is not None else "-",
+            i.status + (f" ({i.damaged})" if i.damaged else ""), i.created.replace("T", " ")[:16],
+            _hms(i.duration),
+        ))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) + "  " + r[-1])
+    return 0
+
+
+def cmd_prepare(args, workspace) -> int:
+    from gptui.core.data import TokenizerSpec, prepare
+
+    workspace.ensure()
+    path = workspace.corpus_path(args.input)
+    vocab = args.vocab_size if args.vocab_size is not None else 512
+    if args.tokenizer == "bpe" and not 257 <= vocab <= 1 << 20:
+        raise InputError(f"--vocab-size must be between 257 and {1 << 20}, not {vocab}")
+    spec = TokenizerSpec("char", 0, "") if args.tokenizer == "char" else TokenizerSpec("bpe", vocab, args.split_pattern)
+    progress = ConsoleProgress(sys.stderr)
+    t0 = time.perf_counter()
+    data = prepare(path, spec, workspace.cache, progress=lambda s, f: progress(_prep_event(s, f)),
+                   replace_errors=args.replace_errors, show_progress=sys.stderr.isatty())
+    progress.close()
+    took = time.perf_counter() - t0
+    how = "cache hit" if data.cached else (
+        f"tokenizer {data.seconds['train_tokenizer']:.2f}s, encode {data.seconds['encode']:.2f}s")
+    print(f"{path.name}: {len(data.tokens):,} tokens, {data.tokenizer.describe()}, "
+          f"{len(data.tokens) / max(1, data.corpus_bytes):.3f} tokens/byte; {took:.2f}s ({how})")
+    return 0
+
+
+def _prep_event(stage, fraction):
+    from gptui.core.events import Prepare
+
+    return Prepare(stage, fraction)
+
+
+def cmd_corpora(args, workspace) -> int:
+    workspace.ensure()
+    infos = workspace.corpora()
+    if args.json:
+        print(json.dumps([{"name": c.name, "bytes": c.bytes, "chars": c.chars, "lines": c.lines,
+                           "error": c.error} for c in infos], indent=2))
+        return 0
+    for c in infos:
+        chars = f"{c.chars:,} chars" if c.chars is not None else c.error
+        print(f"{c.name:<30} {c.bytes:>12,} bytes  {chars:>18}  {c.lines:>9,} lines")
+    return 0
+
+
+def cmd_settings(args, workspace) -> int:
+    from gptui.core.config import GROUPS, SETTINGS, ConfigError, preset_config
+
+    try:
+        config = preset_config(args.preset or "tiny")
+    except ConfigError as exc:
+        raise InputError(str(exc)) from None
+    for group, title in GROUPS.items():
+        print(f"{title}:")
+        for s in SETTINGS:
+            if s.group == group:
+                print(f"  {s.name:<16} {str(getattr(config, s.name)):<10} {s.range_text:<22} {s.help}")
+    return 0
+
+
+COMMANDS = {
+    "tui": cmd_tui, "train": cmd_train, "generate": cmd_generate, "runs": cmd_runs, "prepare": cmd_prepare,
+    "corpora": cmd_corpora, "settings": cmd_settings,
+}
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,320 @@
+"""Every hyperparameter, declared once.
+
+A `Setting` carries the type, default, allowed range, help text and form group of one hyperparameter. The
+typed `Config` dataclass, the presets, `--set KEY=VALUE` parsing, validation, `config.json` and the TUI form
+are all derived from `SETTINGS`, so adding a knob means adding one line here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+GROUPS = {
+    "model": "Model",
+    "data": "Data and tokenizer",
+    "optim": "Optimisation",
+    "schedule": "Schedule and evaluation",
+    "hardware": "Hardware",
+}
+
+MAX_UINT16_VOCAB = 65536  # tokens are stored as uint16 up to this vocabulary size, uint32 above
+MAX_VOCAB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    type: type
+    default: Any
+    group: str
+    help: str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] | None = None
+    min_exclusive: bool = False
+
+    def parse(self, raw: Any) -> Any:
+        """Turn a string (or JSON value) into this setting's type, or raise ValueError with a readable reason."""
+        if self.type is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"{self.name} must be true or false, not {raw!r}")
+        if self.type is int:
+            if isinstance(raw, bool):
+                raise ValueError(f"{self.name} must be a whole number, not {raw!r}")
+            if isinstance(raw, int):
+                return raw
+            if isinstance(raw, float) and raw.is_integer():
+                return int(raw)
+            try:
+                text = str(raw).strip().replace("_", "")
+                return int(text)
+            except ValueError:
+                try:
+                    value = float(text)
+                except ValueError:
+                    value = math.nan
+                if value.is_integer():
+                    return int(value)
+                raise ValueError(f"{self.name} must be a whole number, not {raw!r}") from None
+        if self.type is float:
+            if isinstance(raw, bool):
+                raise ValueError(f"{self.name} must be a number, not {raw!r}")
+            try:
+                value = float(str(raw).strip()) if not isinstance(raw, (int, float)) else float(raw)
+            except ValueError:
+                raise ValueError(f"{self.name} must be a number, not {raw!r}") from None
+            if not math.isfinite(value):
+                raise ValueError(f"{self.name} must be a finite number, not {raw!r}")
+            return value
+        text = str(raw).strip()
+        if self.choices and text not in self.choices:
+            raise ValueError(f"{self.name} must be one of {', '.join(self.choices)}, not {raw!r}")
+        return text
+
+    def check(self, value: Any) -> str | None:
+        """The reason `value` is out of range, or None when it is fine."""
+        if self.choices is not None and value not in self.choices:
+            return f"{self.name} must be one of {', '.join(self.choices)}"
+        if self.min is not None:
+            if self.min_exclusive and value <= self.min:
+                return f"{self.name} must be greater than {_fmt(self.min)}"
+            if not self.min_exclusive and value < self.min:
+                return f"{self.name} must be at least {_fmt(self.min)}"
+        if self.max is not None and value > self.max:
+            return f"{self.name} must be at most {_fmt(self.max)}"
+        return None
+
+    @property
+    def range_text(self) -> str:
+        if self.choices:
+            return " | ".join(self.choices)
+        if self.type is bool:
+            return "true | false"
+        low = "" if self.min is None else (">" if self.min_exclusive else "≥") + _fmt(self.min)
+        high = "" if self.max is None else "≤" + _fmt(self.max)
+        return " ".join(p for p in (low, high) if p)
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+def _s(name, type_, default, group, help_, **kw) -> Setting:
+    return Setting(name, type_, default, group, help_, **kw)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # model
+    _s("n_layer", int, 4, "model", "Transformer blocks stacked in the model.", min=1, max=128),
+    _s("n_head", int, 4, "model", "Attention heads per block; must divide n_embd.", min=1, max=128),
+    _s("n_embd", int, 192, "model", "Width of the residual stream (embedding size).", min=4, max=16384),
+    _s("block_size", int, 128, "model", "Context length in tokens the model sees at once.", min=2, max=32768),
+    _s("dropout", float, 0.0, "model", "Dropout probability during training (0 turns it off).", min=0.0, max=0.9),
+    _s("bias", bool, False, "model", "Use bias terms in Linear and LayerNorm layers.", choices=None),
+    _s("mlp_ratio", int, 4, "model", "MLP hidden width as a multiple of n_embd (the old fwd_expansion).", min=1, max=16),
+    # data and tokenizer
+    _s("tokenizer", str, "bpe", "data", "bpe: byte-level BPE; char: one token per character (the lecture's).",
+       choices=("bpe", "char")),
+    _s("vocab_size", int, 512, "data", "BPE vocabulary size (256 bytes + merges); ignored for char.",
+       min=257, max=MAX_VOCAB),
+    _s("split_pattern", str, "gpt4", "data", "Regex that splits text before BPE merges: GPT-4's or GPT-2's.",
+       choices=("gpt4", "gpt2")),
+    # optimisation
+    _s("batch_size", int, 32, "optim", "Sequences per micro-batch.", min=1, max=8192),
+    _s("grad_accum", int, 1, "optim", "Micro-batches accumulated per optimizer step.", min=1, max=1024),
+    _s("lr", float, 2e-3, "optim", "Peak learning rate (AdamW).", min=0.0, max=1.0, min_exclusive=True),
+    _s("min_lr", float, 1e-4, "optim", "Learning rate reached at the end of the cosine decay.", min=0.0, max=1.0),
+    _s("warmup_iters", int, 100, "optim", "Steps of linear warm-up from 0 to lr.", min=0, max=10_000_000),
+    _s("weight_decay", float, 0.1, "optim", "AdamW weight decay on matrices (not on biases and norms).",
+       min=0.0, max=1.0),
+    _s("beta1", float, 0.9, "optim", "AdamW beta1.", min=0.0, max=0.999999),
+    _s("beta2", float, 0.99, "optim", "AdamW beta2.", min=0.0, max=0.999999),
+    _s("grad_clip", float, 1.0, "optim", "Clip the gradient norm to this (0 turns clipping off).", min=0.0, max=1e6),
+    # schedule and evaluation
+    _s("max_iters", int, 3000, "schedule", "Optimizer steps to train for.", min=1, max=100_000_000),
+    _s("eval_interval", int, 250, "schedule", "Evaluate train and val loss every this many steps.",
+       min=1, max=100_000_000),
+    _s("eval_iters", int, 20, "schedule", "Batches averaged per evaluation.", min=1, max=100_000),
+    _s("sample_interval", int, 500, "schedule", "Generate a sample every this many steps (0: never).",
+       min=0, max=100_000_000),
+    _s("sample_tokens", int, 200, "schedule", "Tokens per training sample.", min=1, max=100_000),
+    _s("patience", int, 0, "schedule", "Stop after this many evaluations without improvement (0: never).",
+       min=0, max=100_000),
+    _s("max_minutes", float, 0.0, "schedule", "Stop after this many minutes of training (0: no limit).",
+       min=0.0, max=1e7),
+    # hardware
+    _s("device", str, "auto", "hardware", "auto picks CUDA, then MPS, then CPU.", choices=("auto", "cpu", "cuda", "mps")),
+    _s("dtype", str, "auto", "hardware", "auto: bfloat16 autocast where the hardware has it, else float32.",
+       choices=("auto", "float32", "bfloat16", "float16")),
+    _s("compile", bool, False, "hardware", "torch.compile the model (falls back to eager if it fails)."),
+    _s("seed", int, 1337, "hardware", "Random seed for initialisation, batches and dropout.", min=0, max=2**32 - 1),
+)
+
+SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+Config = dataclasses.make_dataclass(
+    "Config",
+    [(s.name, s.type, dataclasses.field(default=s.default)) for s in SETTINGS],
+    namespace={"__doc__": "Every hyperparameter of a run (see SETTINGS for types, ranges and help)."},
+)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Learns readable text on a laptop CPU in a few minutes; beats nanoGPT's laptop recipe at equal time.
+    "tiny": {},
+    # Karpathy's gpt.py from the "Let's build GPT" lecture.
+    "lecture": dict(
+        n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, bias=True, tokenizer="char",
+        batch_size=64, lr=3e-4, min_lr=3e-4, warmup_iters=0, weight_decay=0.0, beta2=0.999, grad_clip=0.0,
+        max_iters=5000, eval_interval=500, eval_iters=200, sample_interval=500,
+    ),
+    # The old scripts' model.
+    "seed": dict(
+        n_layer=8, n_head=8, n_embd=1024, block_size=128, dropout=0.2, bias=True, tokenizer="bpe",
+        vocab_size=1024, batch_size=64, lr=3e-4, min_lr=5e-6, warmup_iters=100, max_iters=5000,
+        eval_interval=250, eval_iters=50, sample_interval=500,
+    ),
+}
+
+
+class ConfigError(ValueError):
+    """One or more settings are invalid; `problems` maps setting name to reason."""
+
+    def __init__(self, problems: dict[str, str]):
+        self.problems = problems
+        super().__init__("; ".join(problems.values()))
+
+
+def default_config() -> Config:
+    return Config()
+
+
+def preset_config(name: str) -> Config:
+    if name not in PRESETS:
+        raise ConfigError({"preset": f"unknown preset {name!r} (choose from {', '.join(PRESETS)})"})
+    return dataclasses.replace(Config(), **PRESETS[name])
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def validate(config: Config) -> dict[str, str]:
+    """All problems with `config` as {setting: reason}; empty when it is valid."""
+    problems: dict[str, str] = {}
+    for s in SETTINGS:
+        value = getattr(config, s.name)
+        if s.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, s.type) or (s.type is int and isinstance(value, bool)):
+            problems[s.name] = f"{s.name} must be of type {s.type.__name__}, not {type(value).__name__}"
+            continue
+        reason = s.check(value)
+        if reason:
+            problems[s.name] = reason
+    if not problems.keys() & {"n_embd", "n_head"} and config.n_embd % config.n_head:
+        problems["n_head"] = f"n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})"
+    if not problems.keys() & {"lr", "min_lr"} and config.min_lr > config.lr:
+        problems["min_lr"] = f"min_lr ({config.min_lr:g}) must not exceed lr ({config.lr:g})"
+    if not problems.keys() & {"warmup_iters", "max_iters"} and config.warmup_iters >= config.max_iters:
+        problems["warmup_iters"] = (
+            f"warmup_iters ({config.warmup_iters}) must be smaller than max_iters ({config.max_iters})"
+        )
+    return problems
+
+
+def check(config: Config) -> Config:
+    """Return `config` when valid, else raise ConfigError listing every problem."""
+    problems = validate(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """Parse raw values (strings from `--set` or a form, or JSON values) onto `config`."""
+    problems: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    for key, raw in overrides.items():
+        setting = SETTINGS_BY_NAME.get(key)
+        if setting is None:
+            problems[key] = f"unknown setting {key!r}" + _suggest(key)
+            continue
+        try:
+            values[key] = setting.parse(raw)
+        except ValueError as exc:
+            problems[key] = str(exc)
+    if problems:
+        raise ConfigError(problems)
+    return dataclasses.replace(config, **values)
+
+
+def parse_assignments(items: list[str]) -> dict[str, str]:
+    """`["lr=1e-3", "n_layer=2"]` -> {"lr": "1e-3", "n_layer": "2"}."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError({item: f"expected KEY=VALUE, got {item!r}"})
+        out[key.strip()] = value.strip()
+    return out
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Load settings saved in a config.json, ignoring keys this version does not know."""
+    known = {k: v for k, v in data.items() if k in SETTINGS_BY_NAME}
+    return check(apply_overrides(Config(), known))
+
+
+def _suggest(key: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, SETTINGS_BY_NAME, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+# --- estimates shown live in the form -------------------------------------------------------------------
+
+
+def effective_vocab(config: Config, char_vocab: int = 96) -> int:
+    return char_vocab if config.tokenizer == "char" else config.vocab_size
+
+
+def estimate_params(config: Config, vocab_size: int | None = None) -> int:
+    """Parameter count of the model `config` describes (embeddings tied, position embeddings included)."""
+    v = vocab_size or effective_vocab(config)
+    d, L, h = config.n_embd, config.n_layer, config.mlp_ratio * config.n_embd
+    b = 1 if config.bias else 0
+    ln = d * (1 + b)
+    attn = d * 3 * d + 3 * d * b + d * d + d * b
+    mlp = d * h + h * b + h * d + d * b
+    return v * d + config.block_size * d + L * (2 * ln + attn + mlp) + ln
+
+
+def tokens_per_step(config: Config) -> int:
+    return config.batch_size * config.block_size * config.grad_accum
+
+
+def estimate_memory_bytes(config: Config, vocab_size: int | None = None) -> int:
+    """Rough training memory: weights, gradients and AdamW moments in fp32, plus activations of one micro-batch."""
+    v = vocab_size or effective_vocab(config)
+    params = estimate_params(config, v)
+    b, t, d, L = config.batch_size, config.block_size, config.n_embd, config.n_layer
+    act_per_layer = b * t * d * (10 + 2 * config.mlp_ratio)  # kept tensors per block, in elements
+    activations = L * act_per_layer + 3 * b * t * v  # + logits, their softmax and gradient
+    return 4 * (4 * params + activations)
+
+
+def flops_per_token(config: Config, vocab_size: int | None = None) -> int:
+    """Training FLOPs per token (forward + backward), PaLM appendix B style: 6N + 12·L·T·d."""
+    n = estimate_params(config, vocab_size) - config.block_size * config.n_embd
+    return 6 * n + 12 * config.n_layer * config.block_size * config.n_embd

@@ -1,0 +1,210 @@
+"""Corpus preparation: train the tokenizer, encode the text, split 90/10, cache both on disk.
+
+The cache key is the corpus's sha256 plus the tokenizer settings, so an edited corpus or other settings get a
+fresh entry and a repeat costs a hash and a memory map. Tokens are a raw uint16/uint32 array (`tokens.bin`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gptui.core.config import MAX_UINT16_VOCAB, Config
+from gptui.core.errors import CorpusError
+from gptui.core.fsio import atomic_write, atomic_write_json, read_json
+from gptui.core.tokenizer import Progress, Tokenizer, load_tokenizer, train_tokenizer
+from gptui.core.workspace import read_text
+
+CACHE_VERSION = 1
+VAL_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    kind: str = "bpe"
+    vocab_size: int = 512
+    pattern: str = "gpt4"
+
+    @classmethod
+    def from_config(cls, config: Config) -> TokenizerSpec:
+        if config.tokenizer == "char":
+            return cls("char", 0, "")
+        return cls("bpe", config.vocab_size, config.split_pattern)
+
+    def key(self) -> str:
+        return f"char-v{CACHE_VERSION}" if self.kind == "char" else (
+            f"bpe{self.vocab_size}-{self.pattern}-v{CACHE_VERSION}"
+        )
+
+
+@dataclass
+class Dataset:
+    """A tokenized corpus: the token array (memory-mapped) and the contiguous 90/10 split."""
+
+    tokenizer: Tokenizer
+    tokens: np.ndarray
+    split: int  # tokens[:split] train, tokens[split:] val
+    corpus_sha256: str
+    corpus_bytes: int
+    val_bytes: int
+    cached: bool
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def train(self) -> np.ndarray:
+        return self.tokens[: self.split]
+
+    @property
+    def val(self) -> np.ndarray:
+        return self.tokens[self.split :]
+
+    @property
+    def val_tokens_per_byte(self) -> float:
+        return len(self.val) / max(1, self.val_bytes)
+
+    def check_block_size(self, block_size: int) -> None:
+        """Refuse a corpus too short for one training example (block_size + 1 tokens) in each split."""
+        need = block_size + 1
+        if len(self.train) < need or len(self.val) < need:
+            raise CorpusError(
+                f"corpus too short for block_size {block_size}: need {need} tokens in each split, "
+                f"have {len(self.train)} train and {len(self.val)} val ({len(self.tokens)} tokens in all); "
+                "use a longer text or a smaller block_size"
+            )
+
+
+def token_dtype(vocab_size: int) -> type:
+    return np.uint16 if vocab_size <= MAX_UINT16_VOCAB else np.uint32
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_dir(cache_root: Path, corpus_sha: str, spec: TokenizerSpec) -> Path:
+    return Path(cache_root) / f"{corpus_sha[:16]}-{spec.key()}"
+
+
+def cache_status(cache_root: Path, corpus: Path, spec: TokenizerSpec) -> bool:
+    """Whether the corpus is already tokenized with these settings (reads the corpus to hash it)."""
+    try:
+        return (cache_dir(cache_root, sha256_file(corpus), spec) / "meta.json").is_file()
+    except OSError:
+        return False
+
+
+def prepare(
+    corpus: Path,
+    spec: TokenizerSpec,
+    cache_root: Path,
+    progress: Progress | None = None,
+    replace_errors: bool = False,
+    show_progress: bool = False,
+) -> Dataset:
+    """Tokenize `corpus` with `spec`, reusing the cache when corpus and settings match."""
+    corpus = Path(corpus)
+    if corpus.is_dir():
+        raise CorpusError(f"{corpus} is a directory, not a text file")
+    t0 = time.perf_counter()
+    try:
+        sha = sha256_file(corpus)
+    except OSError as exc:
+        raise CorpusError(f"{corpus}: cannot read ({exc.strerror or exc})") from None
+    folder = cache_dir(cache_root, sha, spec)
+    loaded = _load_cached(folder, sha)
+    if loaded is not None:
+        loaded.seconds["cache_hit"] = time.perf_counter() - t0
+        return loaded
+
+    if progress:
+        progress("reading corpus", None)
+    text = read_text(corpus, replace_errors=replace_errors)
+    t1 = time.perf_counter()
+    tokenizer = train_tokenizer(text, spec.kind, spec.vocab_size, spec.pattern, progress, show_progress)
+    t2 = time.perf_counter()
+    ids = tokenizer.encode_corpus(text, progress)
+    t3 = time.perf_counter()
+    tokens = ids.astype(token_dtype(tokenizer.vocab_size))
+    split = int(len(tokens) * (1 - VAL_FRACTION))
+    lengths = np.fromiter((len(b) for b in tokenizer.token_bytes), dtype=np.int64, count=tokenizer.vocab_size)
+    val_bytes = int(lengths[ids[split:]].sum())
+    meta = {
+        "version": CACHE_VERSION,
+        "corpus": corpus.name,
+        "corpus_sha256": sha,
+        "corpus_bytes": corpus.stat().st_size,
+        "tokenizer": spec.kind,
+        "vocab_size": tokenizer.vocab_size,
+        "dtype": np.dtype(tokens.dtype).name,
+        "n_tokens": int(len(tokens)),
+        "split": split,
+        "val_bytes": val_bytes,
+        "train_tokenizer_s": round(t2 - t1, 3),
+        "encode_s": round(t3 - t2, 3),
+    }
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(folder / "tokenizer.json")
+        atomic_write(folder / "tokens.bin", lambda p: tokens.tofile(p))
+        atomic_write_json(folder / "meta.json", meta)  # written last: its presence marks a complete entry
+    except OSError:
+        pass  # a cache we cannot write only costs time next run
+    return Dataset(
+        tokenizer, tokens, split, sha, meta["corpus_bytes"], val_bytes, cached=False,
+        seconds={"read": t1 - t0, "train_tokenizer": t2 - t1, "encode": t3 - t2},
+    )
+
+
+def _load_cached(folder: Path, sha: str) -> Dataset | None:
+    try:
+        meta = read_json(folder / "meta.json")
+        if meta.get("version") != CACHE_VERSION or meta.get("corpus_sha256") != sha:
+            return None
+        tokenizer = load_tokenizer(folder / "tokenizer.json")
+        dtype = np.dtype(meta["dtype"])
+        n = int(meta["n_tokens"])
+        if (folder / "tokens.bin").stat().st_size != n * dtype.itemsize or tokenizer.vocab_size != meta["vocab_size"]:
+            return None
+        tokens = np.memmap(folder / "tokens.bin", dtype=dtype, mode="r", shape=(n,))
+        return Dataset(
+            tokenizer, tokens, int(meta["split"]), sha, int(meta["corpus_bytes"]), int(meta["val_bytes"]),
+            cached=True,
+        )
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        return None
+
+
+class BatchSampler:
+    """Random contiguous windows from a split, gathered with one vectorised index (no per-row Python).
+
+    Its numpy Generator's state is saved in checkpoints, so a resumed run sees the same batches.
+    """
+
+    def __init__(self, data: np.ndarray, block_size: int, batch_size: int, seed: int):
+        self.data = data
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self._window = np.arange(block_size + 1)
+
+    def next(self):
+        import torch
+
+        starts = self.rng.integers(0, len(self.data) - self.block_size, size=self.batch_size)
+        chunk = torch.from_numpy(self.data[starts[:, None] + self._window].astype(np.int64))
+        return chunk[:, :-1], chunk[:, 1:]
+
+    def state(self) -> str:
+        return json.dumps(self.rng.bit_generator.state)
+
+    def set_state(self, state: str) -> None:
+        self.rng.bit_generator.state = json.loads(state)

@@ -1,0 +1,113 @@
+"""Device and precision choice, and memory readings for the Train tab."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+
+from gptui.core.errors import InputError
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps and mps.is_available())
+
+
+def pick_device(requested: str = "auto") -> str:
+    """CUDA, then MPS, then CPU for "auto"; an explicit request that cannot be met is an input error."""
+    if requested == "auto":
+        if cuda_available():
+            return "cuda"
+        if mps_available():
+            return "mps"
+        return "cpu"
+    if requested == "cuda" and not cuda_available():
+        raise InputError("device cuda requested but no CUDA GPU is available (use device=auto or cpu)")
+    if requested == "mps" and not mps_available():
+        raise InputError("device mps requested but Apple's MPS backend is not available (use device=auto or cpu)")
+    if requested not in ("cpu", "cuda", "mps"):
+        raise InputError(f"unknown device {requested!r} (choose auto, cpu, cuda or mps)")
+    return requested
+
+
+def cpu_has_bf16() -> bool:
+    """True on CPUs with native bf16 matrix instructions (AVX512-BF16 or AMX), where autocast pays off."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def pick_dtype(requested: str, device: str) -> str:
+    """The autocast dtype: bf16 where the hardware supports it, fp16 (with a grad scaler) on older GPUs."""
+    if requested != "auto":
+        if requested == "bfloat16" and device == "cuda" and not torch.cuda.is_bf16_supported():
+            raise InputError("this GPU does not support bfloat16; use dtype=float16 or auto")
+        if requested == "float16" and device == "cpu":
+            raise InputError("float16 autocast is not supported on the CPU; use bfloat16 or float32")
+        return requested
+    if device == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if device == "cpu":
+        return "bfloat16" if cpu_has_bf16() else "float32"
+    return "float32"
+
+
+def autocast(device: str, dtype: str):
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=getattr(torch, dtype))
+
+
+def setup_backend(device: str) -> None:
+    if device == "cuda":
+        # TF32 matmuls: ~free speed on Ampere+ for the float32 parts
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+@dataclass
+class MemoryReading:
+    kind: str  # "cuda" or "process"
+    allocated: int
+    reserved: int
+    peak: int
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "allocated": self.allocated, "reserved": self.reserved, "peak": self.peak}
+
+
+def memory_reading(device: str) -> MemoryReading:
+    """GPU allocated/reserved/peak on CUDA (straight from torch.cuda), else the process's resident memory."""
+    if device == "cuda":
+        return MemoryReading(
+            "cuda",
+            torch.cuda.memory_allocated(),
+            torch.cuda.memory_reserved(),
+            torch.cuda.max_memory_allocated(),
+        )
+    rss = peak = 0
+    try:
+        import psutil
+
+        info = psutil.Process(os.getpid()).memory_info()
+        rss = info.rss
+        peak = getattr(info, "peak_wset", 0) or rss
+    except Exception:
+        pass
+    try:
+        import resource
+
+        peak = max(peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    except Exception:
+        pass
+    return MemoryReading("process", rss, rss, peak)

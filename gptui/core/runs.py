@@ -1,0 +1,320 @@
+"""Runs on disk: one folder per run under models/, listed, resolved by prefix, renamed, deleted.
+
+A run folder holds config.json, tokenizer.json, model.safetensors (best weights), checkpoint.pt (exact resume),
+metrics.jsonl, train.log, state.json and generations/. Every file is written atomically (see fsio).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import struct
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from gptui.core.errors import InputError, RunNotFound
+from gptui.core.fsio import append_line, atomic_write_json, atomic_write_text, read_json, read_jsonl
+from gptui.core.workspace import Workspace
+
+CONFIG = "config.json"
+STATE = "state.json"
+TOKENIZER = "tokenizer.json"
+WEIGHTS = "model.safetensors"
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+LOG = "train.log"
+GENERATIONS = "generations"
+
+MAX_NAME = 64
+
+
+def slugify(name: str, limit: int = MAX_NAME) -> str:
+    """A safe folder name: letters, digits, '.', '_' and '-' only; never '.', '..' or hidden; at most `limit`."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name.replace("\0", ""))
+    slug = re.sub(r"-{2,}", "-", slug).strip("-.")[:limit].strip("-.")
+    return slug or "run"
+
+
+def human_count(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(int(n))
+
+
+class Run:
+    """One run folder and the small API to read and write its files."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # config and state
+    def read_config(self) -> dict[str, Any]:
+        return read_json(self.file(CONFIG))
+
+    def write_config(self, data: dict[str, Any]) -> None:
+        atomic_write_json(self.file(CONFIG), data)
+
+    def read_state(self) -> dict[str, Any]:
+        try:
+            data = read_json(self.file(STATE))
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def write_state(self, **changes: Any) -> dict[str, Any]:
+        state = self.read_state()
+        state.update(changes)
+        state["updated"] = datetime.now().isoformat(timespec="seconds")
+        atomic_write_json(self.file(STATE), state)
+        return state
+
+    # metrics and log
+    def append_metric(self, record: dict[str, Any]) -> None:
+        append_line(self.file(METRICS), json.dumps(record, separators=(",", ":")))
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.file(METRICS))
+
+    def truncate_metrics(self, max_step: int) -> None:
+        """Drop records past `max_step` (written after the last checkpoint) and any torn line."""
+        kept = [m for m in self.metrics() if int(m.get("step", 0)) <= max_step]
+        atomic_write_text(self.file(METRICS), "".join(json.dumps(m, separators=(",", ":")) + "\n" for m in kept))
+
+    def log(self, line: str = "") -> None:
+        stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        for part in (line.splitlines() or [""]):
+            append_line(self.file(LOG), f"{stamp}  {part}" if part else "")
+
+    def read_log(self, max_bytes: int = 200_000) -> str:
+        try:
+            with open(self.file(LOG), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - max_bytes))
+                return f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    # generations
+    def save_generation(self, header: dict[str, Any], text: str, kind: str = "generation") -> Path:
+        folder = self.file(GENERATIONS)
+        folder.mkdir(exist_ok=True)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = folder / f"{stamp}-{kind}.txt"
+        n = 2
+        while path.exists():
+            path = folder / f"{stamp}-{kind}-{n}.txt"
+            n += 1
+        head = "\n".join(f"# {k}: {v}" for k, v in header.items())
+        atomic_write_text(path, f"{head}\n\n{text}\n")
+        return path
+
+
+@dataclass
+class RunInfo:
+    id: str
+    corpus: str
+    params: int | None
+    tokenizer: str
+    steps: int
+    best_val_loss: float | None
+    val_bpb: float | None
+    status: str
+    created: str
+    duration: float
+    damaged: str | None
+    path: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RunStore:
+    def __init__(self, workspace: Workspace):
+        self.workspace = workspace
+        self.root = workspace.models
+
+    def create(self, corpus: str, params: int, name: str | None = None) -> Run:
+        """Make a new, uniquely named run folder; two processes starting at once get two folders."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = slugify(f"{stamp}-{name}" if name else f"{stamp}-{corpus}-{human_count(params)}")
+        for n in range(1, 1000):
+            candidate = self.root / (base if n == 1 else f"{base}-{n}")
+            try:
+                candidate.mkdir()
+            except FileExistsError:
+                continue
+            return Run(candidate)
+        raise InputError(f"could not find a free run name for {base!r}")
+
+    def runs(self) -> list[Run]:
+        if not self.root.is_dir():
+            return []
+        return [Run(p) for p in sorted(self.root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+
+    def resolve(self, ref: str) -> Run:
+        """A run by id or unique id prefix."""
+        ref = ref.strip().rstrip("/")
+        if ref.startswith(str(self.root)):
+            ref = Path(ref).name
+        if not ref or "/" in ref or ref in (".", ".."):
+            raise RunNotFound(f"no run {ref!r} in {self.root}")
+        runs = self.runs()
+        exact = [r for r in runs if r.id == ref]
+        if exact:
+            return exact[0]
+        matches = [r for r in runs if r.id.startswith(ref)]
+        if not matches:
+            raise RunNotFound(f"no run {ref!r} in {self.root} (see `gptui runs`)")
+        if len(matches) > 1:
+            shown = ", ".join(r.id for r in matches[:5])
+            raise RunNotFound(f"{ref!r} matches {len(matches)} runs ({shown}); give more of the id")
+        return matches[0]
+
+    def newest(self) -> Run | None:
+        infos = [i for i in self.list() if not i.damaged and i.steps > 0]
+        if not infos:
+            return None
+        return self.resolve(max(infos, key=lambda i: i.created).id)
+
+    def rename(self, run: Run, new_name: str) -> Run:
+        slug = slugify(new_name)
+        target = self.root / slug
+        if target.exists():
+            raise InputError(f"a run named {slug!r} already exists")
+        if run.read_state().get("status") == "running" and pid_alive(run.read_state()):
+            raise InputError(f"run {run.id} is training; stop it before renaming")
+        os.rename(run.path, target)
+        return Run(target)
+
+    def delete(self, run: Run) -> None:
+        if run.path.resolve().parent != self.root.resolve():
+            raise InputError(f"{run.path} is not a run folder of this workspace")
+        if run.read_state().get("status") == "running" and pid_alive(run.read_state()):
+            raise InputError(f"run {run.id} is training; stop it before deleting")
+        shutil.rmtree(run.path)
+
+    def list(self) -> list[RunInfo]:
+        return [self.info(r) for r in self.runs()]
+
+    def info(self, run: Run) -> RunInfo:
+        state = run.read_state()
+        damaged = check_run(run)
+        try:
+            config = run.read_config()
+            if not isinstance(config, dict):
+                config = {}
+        except (OSError, ValueError):
+            config = {}
+        settings = config.get("settings", {}) if isinstance(config.get("settings"), dict) else {}
+        status = str(state.get("status", "unknown"))
+        if status == "running" and not pid_alive(state):
+            status = "interrupted"
+        if damaged:
+            status = "damaged"
+        tok = settings.get("tokenizer", "?")
+        if tok == "bpe":
+            tok = f"bpe{config.get('vocab_size', settings.get('vocab_size', ''))}"
+        return RunInfo(
+            id=run.id,
+            corpus=str(config.get("corpus", "?")),
+            params=config.get("params"),
+            tokenizer=str(tok),
+            steps=int(state.get("step", 0) or 0),
+            best_val_loss=state.get("best_val_loss"),
+            val_bpb=state.get("best_val_bpb"),
+            status=status,
+            created=str(config.get("created", state.get("updated", ""))),
+            duration=float(state.get("duration", 0.0) or 0.0),
+            damaged=damaged,
+            path=str(run.path),
+        )
+
+
+def pid_alive(state: dict[str, Any]) -> bool:
+    pid = state.get("pid")
+    if not isinstance(pid, int) or state.get("host") not in (None, socket.gethostname()):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie or a reused pid would pass; a fresh heartbeat tells a live trainer apart
+    updated = state.get("heartbeat")
+    return not isinstance(updated, (int, float)) or time.time() - updated < 600
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """Parse a safetensors header and check the file holds all the data it announces."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise ValueError("truncated weights file")
+        (n,) = struct.unpack("<Q", raw)
+        if n > 100_000_000 or 8 + n > size:
+            raise ValueError("weights file has a broken header")
+        header = json.loads(f.read(n))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise ValueError(f"weights file is truncated ({size} of {8 + n + end} bytes)")
+    return header
+
+
+def tokenizer_vocab_size(path: Path) -> int:
+    data = read_json(path)
+    if data.get("type") == "gptui-char":
+        return len(data["chars"])
+    return len(data["model"]["vocab"]) + len(data.get("added_tokens") or [])
+
+
+def check_run(run: Run) -> str | None:
+    """Why this run cannot be used, or None. Cheap: reads headers, not weights."""
+    try:
+        config = run.read_config()
+    except FileNotFoundError:
+        return "config.json is missing"
+    except (OSError, ValueError):
+        return "config.json is not valid JSON"
+    if not isinstance(config, dict) or not isinstance(config.get("settings"), dict):
+        return "config.json has no settings"
+    state = run.read_state()
+    if state.get("status") == "running" and pid_alive(state):
+        return None  # still being written by its trainer
+    if not run.file(WEIGHTS).exists():
+        if int(state.get("step", 0) or 0) == 0 and not run.file(CHECKPOINT).exists():
+            return None  # created, never trained: nothing to load, nothing broken
+        return "model.safetensors is missing"
+    try:
+        header = safetensors_header(run.file(WEIGHTS))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"model.safetensors is unreadable: {exc}"
+    if not run.file(TOKENIZER).exists():
+        return "tokenizer.json is missing"
+    try:
+        vocab = tokenizer_vocab_size(run.file(TOKENIZER))
+    except (OSError, ValueError, KeyError, TypeError):
+        return "tokenizer.json is unreadable"
+    emb = header.get("lm_head.weight") or header.get("transformer.wte.weight")
+    if not emb:
+        return "model.safetensors has no embedding matrix"
+    if emb["shape"][0] != vocab:
+        return f"tokenizer has {vocab} tokens but the model expects {emb['shape'][0]}"
+    return None

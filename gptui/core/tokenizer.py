@@ -1,0 +1,229 @@
+"""Tokenizers: byte-level BPE (on the `tokenizers` library) and the lecture's character-level one.
+
+Both map text to ids and back exactly, expose `token_bytes` (the UTF-8 bytes of each id, which lets generation
+stream text without splitting a character) and save to a single `tokenizer.json` loadable with `load_tokenizer`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from gptui.core.errors import InputError
+
+# GPT-4 (cl100k) and GPT-2 split patterns, as in tiktoken / minbpe.
+SPLIT_PATTERNS = {
+    "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
+    "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+}
+CHAR_FORMAT = "gptui-char"
+CHUNK_CHARS = 1 << 16
+
+Progress = Callable[[str, float | None], None]
+
+
+@cache
+def _byte_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable characters, used by byte-level BPE vocabularies."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, codes), strict=True))
+
+
+class Tokenizer:
+    """Common interface: `encode`, `decode`, `vocab_size`, `token_bytes`, `to_json`."""
+
+    kind: str
+    token_bytes: list[bytes]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.token_bytes)
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def encode_corpus(self, text: str, progress: Progress | None = None) -> np.ndarray:
+        return np.asarray(self.encode(text), dtype=np.int64)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return b"".join(self.token_bytes[i] for i in ids).decode("utf-8", errors="replace")
+
+    def to_json(self) -> str:
+        raise NotImplementedError
+
+    def save(self, path: Path) -> None:
+        from gptui.core.fsio import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_json())
+
+    def describe(self) -> str:
+        return f"{self.kind} ({self.vocab_size} tokens)"
+
+
+class CharTokenizer(Tokenizer):
+    """One token per Unicode character seen in the training text (Karpathy's lecture tokenizer)."""
+
+    kind = "char"
+
+    def __init__(self, chars: Sequence[str]):
+        self.chars = list(chars)
+        self.token_bytes = [c.encode("utf-8") for c in self.chars]
+        self._codes = np.array([ord(c) for c in self.chars], dtype=np.uint32)
+        self._order = np.argsort(self._codes)
+        self._sorted = self._codes[self._order]
+
+    @classmethod
+    def train(cls, text: str) -> CharTokenizer:
+        return cls(sorted(set(text)))
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_corpus(text).tolist()
+
+    def encode_corpus(self, text: str, progress: Progress | None = None) -> np.ndarray:
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        pos = np.searchsorted(self._sorted, codes)
+        pos = np.minimum(pos, len(self._sorted) - 1)
+        bad = self._sorted[pos] != codes
+        if bad.any():
+            missing = sorted({chr(c) for c in codes[bad][:1000]})
+            shown = ", ".join(repr(c) for c in missing[:5])
+            raise InputError(f"text has characters this char-level tokenizer has never seen: {shown}")
+        return self._order[pos].astype(np.int64)
+
+    def to_json(self) -> str:
+        return json.dumps({"type": CHAR_FORMAT, "version": 1, "chars": self.chars}, ensure_ascii=False)
+
+
+class BpeTokenizer(Tokenizer):
+    """Byte-level BPE: every byte is a token, merges learned on the corpus; any UTF-8 text round-trips."""
+
+    kind = "bpe"
+
+    def __init__(self, hf_tokenizer):
+        self.hf = hf_tokenizer
+        byte_of = {ch: b for b, ch in _byte_to_unicode().items()}
+        vocab = hf_tokenizer.get_vocab()
+        table = [b""] * len(vocab)
+        for piece, idx in vocab.items():
+            table[idx] = bytes(byte_of[ch] for ch in piece)
+        self.token_bytes = table
+
+    @classmethod
+    def train(
+        cls,
+        text: str,
+        vocab_size: int,
+        pattern: str = "gpt4",
+        progress: Progress | None = None,
+        show_progress: bool = False,
+    ) -> BpeTokenizer:
+        from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+        from tokenizers import Tokenizer as HfTokenizer
+
+        if vocab_size < 257:
+            raise InputError(f"vocab_size must be at least 257 (256 bytes + 1 merge), not {vocab_size}")
+        hf = HfTokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(SPLIT_PATTERNS[pattern]), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            special_tokens=[],
+            show_progress=show_progress,
+        )
+        chunks = split_chunks(text)
+        if progress:
+            progress("training tokenizer", None)
+        hf.train_from_iterator(chunks, trainer=trainer, length=len(chunks))
+        return cls(hf)
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text).ids
+
+    def encode_corpus(self, text: str, progress: Progress | None = None) -> np.ndarray:
+        chunks = split_chunks(text)
+        encode = getattr(self.hf, "encode_batch_fast", self.hf.encode_batch)
+        parts: list[np.ndarray] = []
+        step = 256  # chunks per batch: big enough for parallelism, small enough for a smooth progress bar
+        for start in range(0, len(chunks), step):
+            for enc in encode(chunks[start : start + step]):
+                parts.append(np.asarray(enc.ids, dtype=np.int64))
+            if progress:
+                progress("encoding", min(1.0, (start + step) / len(chunks)))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def to_json(self) -> str:
+        return self.hf.to_str()
+
+
+def split_chunks(text: str, size: int = CHUNK_CHARS) -> list[str]:
+    """Cut text into pieces of about `size` characters, each ending at a newline followed by a non-space
+    character, so no pre-token of either split pattern straddles two pieces."""
+    chunks: list[str] = []
+    start, n = 0, len(text)
+    while start < n:
+        end = start + size
+        if end >= n:
+            chunks.append(text[start:])
+            break
+        cut = end
+        while True:
+            cut = text.find("\n", cut)
+            if cut == -1 or cut + 1 >= n:
+                cut = n
+                break
+            if not text[cut + 1].isspace():
+                cut += 1
+                break
+            cut += 1
+        chunks.append(text[start:cut])
+        start = cut
+    return chunks
+
+
+def train_tokenizer(
+    text: str,
+    kind: str,
+    vocab_size: int = 512,
+    pattern: str = "gpt4",
+    progress: Progress | None = None,
+    show_progress: bool = False,
+) -> Tokenizer:
+    if kind == "char":
+        return CharTokenizer.train(text)
+    if kind == "bpe":
+        return BpeTokenizer.train(text, vocab_size, pattern, progress, show_progress)
+    raise InputError(f"unknown tokenizer {kind!r} (choose bpe or char)")
+
+
+def tokenizer_from_json(text: str) -> Tokenizer:
+    data = json.loads(text)
+    if isinstance(data, dict) and data.get("type") == CHAR_FORMAT:
+        chars = data.get("chars")
+        if not isinstance(chars, list) or not all(isinstance(c, str) and len(c) == 1 for c in chars):
+            raise ValueError("char tokenizer has a malformed character list")
+        return CharTokenizer(chars)
+    from tokenizers import Tokenizer as HfTokenizer
+
+    return BpeTokenizer(HfTokenizer.from_str(text))
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    return tokenizer_from_json(Path(path).read_text(encoding="utf-8"))

@@ -1,0 +1,466 @@
+"""The training loop, run headless by the CLI or in a worker thread by the TUI.
+
+Progress leaves through a single callback receiving `events` objects. A stop request (`TrainJob.stop()`,
+thread-safe) is honoured within one optimizer step: the checkpoint is saved and the run marked `stopped`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+import gptui
+from gptui.core import events as ev
+from gptui.core.config import (
+    Config,
+    apply_overrides,
+    check,
+    config_from_dict,
+    config_to_dict,
+    estimate_params,
+)
+from gptui.core.data import BatchSampler, Dataset, TokenizerSpec, prepare
+from gptui.core.device import autocast, memory_reading, pick_device, pick_dtype, setup_backend
+from gptui.core.errors import GptuiError, InputError
+from gptui.core.fsio import atomic_write
+from gptui.core.generate import sample_ids
+from gptui.core.model import GPT, ModelConfig
+from gptui.core.runs import CHECKPOINT, TOKENIZER, WEIGHTS, Run, RunStore, pid_alive
+from gptui.core.workspace import Workspace
+
+REPORT_SECONDS = 0.5  # at most this long between step events (the only place the loss is read back)
+STATE_SECONDS = 5.0  # heartbeat of state.json, so other processes can watch the run
+RESUMABLE_SETTINGS = {
+    "max_iters", "eval_interval", "eval_iters", "sample_interval", "sample_tokens", "patience", "max_minutes",
+    "device", "dtype", "compile",
+}
+
+Listener = Callable[[ev.Event], None]
+
+
+class TrainingFailed(GptuiError):
+    pass
+
+
+def lr_at(step: int, config: Config) -> float:
+    """Linear warm-up to lr, then cosine decay to min_lr at max_iters."""
+    if step < config.warmup_iters:
+        return config.lr * (step + 1) / (config.warmup_iters + 1)
+    if step >= config.max_iters:
+        return config.min_lr
+    progress = (step - config.warmup_iters) / max(1, config.max_iters - config.warmup_iters)
+    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
+
+
+class TrainJob:
+    """One training run (new or resumed). Construct, then call `run()` (blocking); `stop()` from any thread."""
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        corpus: str | None,
+        config: Config | None = None,
+        *,
+        name: str | None = None,
+        resume: str | None = None,
+        overrides: dict | None = None,
+        on_event: Listener | None = None,
+        replace_errors: bool = False,
+        show_progress: bool = False,
+    ):
+        self.workspace = workspace
+        self.corpus = corpus
+        self.config = config
+        self.name = name
+        self.resume = resume
+        self.overrides = overrides or {}
+        self.on_event = on_event or (lambda e: None)
+        self.replace_errors = replace_errors
+        self.show_progress = show_progress
+        self._stop = threading.Event()
+        self.stop_reason = "stopped by user"
+        self.run_dir: Run | None = None
+
+    def stop(self, reason: str = "stopped by user") -> None:
+        self.stop_reason = reason
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def emit(self, event: ev.Event) -> None:
+        try:
+            self.on_event(event)
+        except Exception:  # a broken listener must not kill a training run
+            pass
+
+    def log(self, line: str) -> None:
+        if self.run_dir is not None:
+            try:
+                self.run_dir.log(line)
+            except OSError:
+                pass
+        self.emit(ev.Log(line))
+
+    # --- setup -----------------------------------------------------------------------------------------------
+
+    def _setup(self) -> tuple[Run, Config, Dataset, dict | None]:
+        ws = self.workspace.ensure()
+        store = RunStore(ws)
+        checkpoint = None
+        if self.resume:
+            run = store.resolve(self.resume)
+            state = run.read_state()
+            if state.get("status") == "running" and pid_alive(state):
+                raise InputError(f"run {run.id} is already training in another process")
+            try:
+                saved = run.read_config()
+                config = config_from_dict(saved["settings"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise InputError(f"run {run.id} has an unreadable config.json ({exc})") from None
+            changed = {k for k, v in self.overrides.items() if str(getattr(config, k, None)) != str(v)}
+            fixed = sorted(changed - RESUMABLE_SETTINGS)
+            if fixed:
+                raise InputError(f"cannot change {', '.join(fixed)} when resuming (only schedule and hardware)")
+            if self.overrides:
+                config = check(apply_overrides(config, self.overrides))
+            corpus = self.workspace.corpus_path(saved.get("corpus", ""))
+            checkpoint = self._load_checkpoint(run)
+            self.run_dir = run
+            self.log(f"resuming run {run.id} at step {checkpoint['step']}")
+            dataset = self._prepare(corpus, config)
+            if dataset.corpus_sha256 != saved.get("corpus_sha256"):
+                raise InputError(
+                    f"corpus {corpus.name} changed since run {run.id} started; resuming needs the original text"
+                )
+            return run, config, dataset, checkpoint
+
+        if self.config is None:
+            raise InputError("no configuration given")
+        config = check(self.config)
+        corpus = self.workspace.corpus_path(self.corpus or "")
+        dataset = self._prepare(corpus, config)
+        dataset.check_block_size(config.block_size)
+        params = estimate_params(config, dataset.tokenizer.vocab_size)
+        run = store.create(corpus.stem, params, self.name)
+        self.run_dir = run
+        dataset.tokenizer.save(run.file(TOKENIZER))
+        run.write_config(
+            {
+                "settings": config_to_dict(config),
+                "corpus": corpus.stem,
+                "corpus_sha256": dataset.corpus_sha256,
+                "corpus_bytes": dataset.corpus_bytes,
+                "vocab_size": dataset.tokenizer.vocab_size,
+                "params": params,
+                "gptui_version": gptui.__version__,
+                "torch_version": torch.__version__,
+                "created": datetime.now().isoformat(timespec="seconds"),
+            }
+        )
+        run.write_state(status="running", step=0, best_val_loss=None, best_val_bpb=None, duration=0.0,
+                        pid=os.getpid(), host=socket.gethostname(), heartbeat=time.time())
+        self._log_prepare(dataset)
+        return run, config, dataset, None
+
+    def _prepare(self, corpus: Path, config: Config) -> Dataset:
+        self.emit(ev.Prepare("preparing data", None))
+        dataset = prepare(
+            corpus, TokenizerSpec.from_config(config), self.workspace.cache,
+            progress=lambda stage, frac: self.emit(ev.Prepare(stage, frac)),
+            replace_errors=self.replace_errors, show_progress=self.show_progress,
+        )
+        return dataset
+
+    def _log_prepare(self, d: Dataset) -> None:
+        if d.cached:
+            self.log(f"tokenizer and tokens: served from cache in {d.seconds.get('cache_hit', 0):.2f}s")
+        else:
+            self.log(
+                f"tokenizer: trained in {d.seconds['train_tokenizer']:.2f}s, "
+                f"encoded in {d.seconds['encode']:.2f}s"
+            )
+        self.log(
+            f"data: {len(d.tokens):,} tokens ({d.tokenizer.describe()}), "
+            f"{len(d.train):,} train / {len(d.val):,} val, {d.val_tokens_per_byte:.3f} tokens per byte"
+        )
+
+    def _load_checkpoint(self, run: Run) -> dict:
+        path = run.file(CHECKPOINT)
+        if not path.exists():
+            raise InputError(f"run {run.id} has no checkpoint to resume from")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise InputError(f"run {run.id}: checkpoint.pt cannot be loaded safely ({type(exc).__name__})") from None
+
+    # --- the loop --------------------------------------------------------------------------------------------
+
+    def run(self) -> ev.Finished:
+        run: Run | None = None
+        started = time.time()
+        try:
+            run, config, dataset, checkpoint = self._setup()
+            return self._train(run, config, dataset, checkpoint)
+        except GptuiError as exc:
+            self._fail(run, str(exc), started)
+            raise
+        except torch.OutOfMemoryError as exc:
+            message = f"out of memory: {str(exc).splitlines()[0][:160]}; lower batch_size or block_size"
+            self._fail(run, message, started)
+            raise TrainingFailed(message) from None
+        except OSError as exc:
+            message = f"could not write the run: {exc.strerror or exc} ({getattr(exc, 'filename', '') or ''})"
+            self._fail(run, message, started)
+            raise TrainingFailed(message) from None
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            if self.run_dir is not None:
+                try:
+                    self.run_dir.log(traceback.format_exc())
+                except OSError:
+                    pass
+            self._fail(run, message, started)
+            raise TrainingFailed(message) from exc
+
+    def _fail(self, run: Run | None, message: str, started: float) -> None:
+        if run is not None:
+            try:
+                run.write_state(status="failed", error=message, pid=None)
+                run.log(f"failed: {message}")
+            except OSError:
+                pass
+        self.emit(ev.Finished(run.id if run else "", "failed", message, 0, None, None, time.time() - started, 0.0))
+
+    def _train(self, run: Run, config: Config, data: Dataset, checkpoint: dict | None) -> ev.Finished:
+        torch.manual_seed(config.seed)
+        device = pick_device(config.device)
+        dtype = pick_dtype(config.dtype, device)
+        setup_backend(device)
+        model = GPT(ModelConfig.from_config(config, data.tokenizer.vocab_size)).to(device)
+        optimizer = model.configure_optimizer(config.weight_decay, config.lr, (config.beta1, config.beta2), device)
+        scaler = torch.amp.GradScaler(device, enabled=dtype == "float16")
+        train_batches = BatchSampler(data.train, config.block_size, config.batch_size, config.seed)
+        step, best, bad_evals, elapsed_before = 0, math.inf, 0, 0.0
+        best_bpb = None
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            step = int(checkpoint["step"])
+            best = float(checkpoint["best_val_loss"])
+            best_bpb = checkpoint.get("best_val_bpb")
+            bad_evals = int(checkpoint["bad_evals"])
+            elapsed_before = float(checkpoint["elapsed"])
+            train_batches.set_state(checkpoint["batch_rng"])
+            torch.set_rng_state(checkpoint["torch_rng"])
+            run.truncate_metrics(step)
+            run.write_state(status="running", pid=os.getpid(), host=socket.gethostname(), heartbeat=time.time(),
+                            error=None)
+        forward = model
+        if config.compile:
+            try:
+                forward = torch.compile(model)
+            except Exception as exc:
+                self.log(f"torch.compile unavailable ({type(exc).__name__}); training eagerly")
+        params = model.num_params()
+        self.log_header(run, config, params, device, dtype, checkpoint is not None)
+        self.emit(ev.Started(run.id, str(run.path), params, device, dtype, step, config.max_iters,
+                             config_to_dict(config)))
+
+        ctx = autocast(device, dtype)
+        val_batches_seed = config.seed + 1
+        sample_gen = torch.Generator(device=device)
+        sample_prompt = _sample_prompt(data)
+        tokens_per_step = config.batch_size * config.block_size * config.grad_accum
+        t_start = time.time()
+        t_report = time.perf_counter()
+        step_report, t_state = step, time.time()
+        loss_acc = torch.zeros((), device=device)
+        n_acc = 0
+        last_tps = 0.0
+        reason = "reached max_iters"
+        deadline = t_start + config.max_minutes * 60 - elapsed_before if config.max_minutes > 0 else None
+
+        def elapsed() -> float:
+            return elapsed_before + time.time() - t_start
+
+        def save(status: str) -> None:
+            state = {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "best_val_loss": best, "best_val_bpb": best_bpb, "bad_evals": bad_evals, "elapsed": elapsed(),
+                "batch_rng": train_batches.state(), "torch_rng": torch.get_rng_state(),
+            }
+            atomic_write(run.file(CHECKPOINT), lambda p: torch.save(state, p))
+            if not run.file(WEIGHTS).exists():
+                save_weights(run, model)
+            run.write_state(status=status, step=step, best_val_loss=_finite(best), best_val_bpb=best_bpb,
+                            duration=round(elapsed(), 1), heartbeat=time.time())
+
+        model.train()
+        while step < config.max_iters:
+            if self.stopping:
+                reason = self.stop_reason
+                break
+            if deadline is not None and time.time() >= deadline:
+                reason = f"time budget of {config.max_minutes:g} min reached"
+                break
+            lr = lr_at(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for _ in range(config.grad_accum):
+                x, y = train_batches.next()
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                try:
+                    with ctx:
+                        _, loss = forward(x, y)
+                except Exception as exc:
+                    if forward is model or isinstance(exc, torch.OutOfMemoryError):
+                        raise
+                    self.log(f"torch.compile failed ({type(exc).__name__}); training eagerly")
+                    forward = model
+                    with ctx:
+                        _, loss = forward(x, y)
+                scaler.scale(loss / config.grad_accum).backward()
+                loss_acc += loss.detach()
+                n_acc += 1
+            if config.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+
+            now = time.perf_counter()
+            last = step == config.max_iters or step % config.eval_interval == 0
+            if now - t_report >= REPORT_SECONDS or last or self.stopping:
+                mean_loss = float(loss_acc) / n_acc  # the only sync with the device in the hot loop
+                last_tps = (step - step_report) * tokens_per_step / max(1e-9, now - t_report)
+                per_step = (now - t_report) / max(1, step - step_report)
+                mem = memory_reading(device).as_dict()
+                record = ev.Step(step, config.max_iters, round(elapsed(), 3), mean_loss, lr, last_tps,
+                                 per_step * (config.max_iters - step), mem)
+                run.append_metric({"type": "train", **_round(dataclasses.asdict(record))})
+                self.emit(record)
+                loss_acc.zero_()
+                n_acc, t_report, step_report = 0, now, step
+                if time.time() - t_state >= STATE_SECONDS:
+                    run.write_state(step=step, duration=round(elapsed(), 1), heartbeat=time.time())
+                    t_state = time.time()
+
+            if last:
+                losses = estimate_loss(model, data, config, ctx, device, val_batches_seed)
+                bpb = losses["val"] / math.log(2) * data.val_tokens_per_byte
+                improved = losses["val"] < best
+                if improved:
+                    best, best_bpb, bad_evals = losses["val"], bpb, 0
+                    save_weights(run, model)
+                else:
+                    bad_evals += 1
+                e = ev.Eval(step, round(elapsed(), 3), losses["train"], losses["val"], bpb, improved)
+                run.append_metric({"type": "eval", **_round(dataclasses.asdict(e))})
+                self.emit(e)
+                self.log(
+                    f"step {step:>6}  train {losses['train']:.4f}  val {losses['val']:.4f}  "
+                    f"val bpb {bpb:.4f}{'  *best' if improved else ''}  {last_tps:,.0f} tok/s"
+                )
+                save("running")
+                if config.patience and bad_evals >= config.patience:
+                    reason = f"early stopping: no improvement in {config.patience} evaluations"
+                    break
+            if config.sample_interval and step % config.sample_interval == 0:
+                sample_gen.manual_seed(config.seed + step)
+                model.eval()
+                with ctx:
+                    ids = list(sample_ids(model, sample_prompt, config.sample_tokens, 0.8, 0, 1.0, sample_gen))
+                model.train()
+                text = data.tokenizer.decode(ids)
+                self.emit(ev.Sample(step, text))
+                self.log(f"sample at step {step}:\n{text}\n")
+
+        status = "completed" if reason == "reached max_iters" or reason.startswith("early") else "stopped"
+        if reason.startswith("time budget"):
+            status = "completed"
+        save(status)
+        total = elapsed()
+        trained = step - (checkpoint["step"] if checkpoint else 0)
+        run_tps = trained * tokens_per_step / max(1e-9, time.time() - t_start)
+        run.write_state(status=status, pid=None, stop_reason=reason, tokens_per_sec=round(run_tps, 1))
+        self.log(
+            f"finished: {status} ({reason}) after {step} steps in {_duration(total)}; "
+            f"best val loss {_finite(best) if math.isfinite(best) else 'n/a'}"
+            + (f", {best_bpb:.4f} bits per byte" if best_bpb else "")
+            + f"; {run_tps:,.0f} tokens/s"
+        )
+        finished = ev.Finished(run.id, status, reason, step, _finite(best), best_bpb, total, run_tps)
+        self.emit(finished)
+        return finished
+
+    def log_header(self, run: Run, config: Config, params: int, device: str, dtype: str, resumed: bool) -> None:
+        if resumed:
+            self.log(f"resumed on {device} ({dtype}), {params:,} parameters")
+            return
+        self.log(f"gptui {gptui.__version__}, torch {torch.__version__}; run {run.id}")
+        self.log(f"device {device}, precision {dtype}, {params:,} parameters, {torch.get_num_threads()} CPU threads")
+        settings = config_to_dict(config)
+        width = max(map(len, settings))
+        for key, value in settings.items():
+            self.log(f"  {key:<{width}} = {value}")
+
+
+@torch.no_grad()
+def estimate_loss(model: GPT, data: Dataset, config: Config, ctx, device: str, seed: int) -> dict[str, float]:
+    """Mean loss over eval_iters batches of each split; the same batches every time, so evals compare."""
+    model.eval()
+    out = {}
+    for i, (split, tokens) in enumerate((("train", data.train), ("val", data.val))):
+        sampler = BatchSampler(tokens, config.block_size, config.batch_size, seed + i)
+        total = torch.zeros((), device=device)
+        for _ in range(config.eval_iters):
+            x, y = sampler.next()
+            with ctx:
+                _, loss = model(x.to(device), y.to(device))
+            total += loss
+        out[split] = float(total) / config.eval_iters
+    model.train()
+    return out
+
+
+def save_weights(run: Run, model: GPT) -> None:
+    from safetensors.torch import save_model
+
+    atomic_write(run.file(WEIGHTS), lambda p: save_model(model, str(p)))
+
+
+def _sample_prompt(data: Dataset) -> list[int]:
+    try:
+        ids = data.tokenizer.encode("\n")
+    except InputError:
+        ids = []
+    return ids or [int(data.val[0])]
+
+
+def _finite(x: float) -> float | None:
+    return round(x, 6) if math.isfinite(x) else None
+
+
+def _round(d: dict) -> dict:
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in d.items() if v is not None}
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
