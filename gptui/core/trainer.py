@@ -40,6 +40,7 @@ from gptui.core.workspace import Workspace
 
 REPORT_SECONDS = 0.5  # at most this long between step events (the only place the loss is read back)
 STATE_SECONDS = 5.0  # heartbeat of state.json, so other processes can watch the run
+CHECKPOINT_SECONDS = 300.0  # a checkpoint at least this often, so a kill costs minutes, not hours
 RESUMABLE_SETTINGS = {
     "max_iters", "eval_interval", "eval_iters", "sample_interval", "sample_tokens", "patience", "max_minutes",
     "device", "dtype", "compile",
@@ -90,6 +91,7 @@ class TrainJob:
         self._stop = threading.Event()
         self.stop_reason = "stopped by user"
         self.run_dir: Run | None = None
+        self._owns_state = False
 
     def stop(self, reason: str = "stopped by user") -> None:
         self.stop_reason = reason
@@ -208,21 +210,22 @@ class TrainJob:
     # --- the loop --------------------------------------------------------------------------------------------
 
     def run(self) -> ev.Finished:
-        run: Run | None = None
         started = time.time()
         try:
             run, config, dataset, checkpoint = self._setup()
+            self._owns_state = True  # from here on, a failure is this run's to record
             return self._train(run, config, dataset, checkpoint)
         except GptuiError as exc:
-            self._fail(run, str(exc), started)
+            self._fail(str(exc), started)
             raise
         except torch.OutOfMemoryError as exc:
             message = f"out of memory: {str(exc).splitlines()[0][:160]}; lower batch_size or block_size"
-            self._fail(run, message, started)
+            self._fail(message, started)
             raise TrainingFailed(message) from None
         except OSError as exc:
-            message = f"could not write the run: {exc.strerror or exc} ({getattr(exc, 'filename', '') or ''})"
-            self._fail(run, message, started)
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            message = f"could not write the run: {exc.strerror or exc}{where}"
+            self._fail(message, started)
             raise TrainingFailed(message) from None
         except Exception as exc:
             message = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
@@ -231,11 +234,13 @@ class TrainJob:
                     self.run_dir.log(traceback.format_exc())
                 except OSError:
                     pass
-            self._fail(run, message, started)
+            self._fail(message, started)
             raise TrainingFailed(message) from exc
 
-    def _fail(self, run: Run | None, message: str, started: float) -> None:
-        if run is not None:
+    def _fail(self, message: str, started: float) -> None:
+        """Record a failure in the run, unless the job never got to train (a refused resume leaves the run be)."""
+        run = self.run_dir
+        if run is not None and (self._owns_state or not self.resume):
             try:
                 run.write_state(status="failed", error=message, pid=None)
                 run.log(f"failed: {message}")
@@ -285,7 +290,7 @@ class TrainJob:
         tokens_per_step = config.batch_size * config.block_size * config.grad_accum
         t_start = time.time()
         t_report = time.perf_counter()
-        step_report, t_state = step, time.time()
+        step_report, t_state, t_checkpoint = step, time.time(), time.time()
         loss_acc = torch.zeros((), device=device)
         n_acc = 0
         last_tps = 0.0
@@ -320,6 +325,8 @@ class TrainJob:
                 group["lr"] = lr
             for _ in range(config.grad_accum):
                 x, y = train_batches.next()
+                if device == "cuda":  # pinned host memory lets the copy overlap the previous step's kernels
+                    x, y = x.pin_memory(), y.pin_memory()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 try:
                     with ctx:
@@ -376,9 +383,13 @@ class TrainJob:
                     f"val bpb {bpb:.4f}{'  *best' if improved else ''}  {last_tps:,.0f} tok/s"
                 )
                 save("running")
+                t_checkpoint = time.time()
                 if config.patience and bad_evals >= config.patience:
                     reason = f"early stopping: no improvement in {config.patience} evaluations"
                     break
+            elif time.time() - t_checkpoint >= CHECKPOINT_SECONDS:
+                save("running")
+                t_checkpoint = time.time()
             if config.sample_interval and step % config.sample_interval == 0:
                 sample_gen.manual_seed(config.seed + step)
                 model.eval()
