@@ -205,12 +205,11 @@ class ConsoleProgress:
         from gptui.core import events as ev
 
         if isinstance(e, ev.Prepare):
-            if self.tty and e.fraction is not None:
-                self.stream.write(f"\r\x1b[2K{e.stage} {_bar(e.fraction, 30)} {e.fraction:5.1%}")
-                self.bar_shown = True
+            if self.tty:  # a transient status line; in a pipe, only results are worth a line
+                frac = f" {_bar(e.fraction, 30)} {e.fraction:5.1%}" if e.fraction is not None else "..."
+                self.stream.write(f"\r\x1b[2K{e.stage}{frac}")
                 self.stream.flush()
-            elif e.fraction is None:
-                self.message(f"{e.stage}...")
+                self.bar_shown = True
         elif isinstance(e, ev.Started):
             self.message(f"run {e.run_id}: {e.params:,} parameters on {e.device} ({e.dtype}), "
                          f"steps {e.start_step}->{e.max_iters}; ctrl-c stops and saves")
@@ -232,7 +231,7 @@ class ConsoleProgress:
             self.message(f"--- sample at step {e.step} ---\n{e.text.strip()}\n---")
         elif isinstance(e, ev.Log) and e.line.startswith(("tokenizer", "data:", "torch.compile", "resum")):
             self.message(e.line)
-        elif isinstance(e, ev.Finished):
+        elif isinstance(e, ev.Finished) and e.status != "failed":  # failures are main()'s one line
             self.message(f"{e.status}: {e.reason}")
 
     def close(self) -> None:
