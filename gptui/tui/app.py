@@ -1,0 +1,197 @@
+"""The gptui app: five tabs over a workspace (Corpus, Model, Train, Generate, Runs).
+
+The app wires the tabs together: tabs post messages up, the app hands state down as attributes. It imports
+no torch; the Train and Generate tabs import the engine's torch modules inside their workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Footer, TabbedContent, TabPane
+
+from gptui.core.workspace import Workspace
+from gptui.tui.tabs.corpus import TOKENIZER_SETTINGS, CorpusTab
+from gptui.tui.tabs.generate import GenerateTab
+from gptui.tui.tabs.model import ModelTab
+from gptui.tui.tabs.runs import RunsTab
+from gptui.tui.tabs.train import TrainTab
+from gptui.tui.widgets.modals import ConfirmModal
+
+TABS = ("corpus", "model", "train", "generate", "runs")
+FOCUS_ON_SHOW = {
+    "corpus": "#corpus-table", "model": "#preset", "train": "#train-start", "generate": "#gen-prompt",
+    "runs": "#runs-table",
+}
+
+
+class GptuiApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "gptui"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
+    # The tab keys are shown in the tab labels (F1 Corpus …), leaving the footer to the actions.
+    BINDINGS = [
+        Binding("f1", "show_tab('corpus')", "Corpus", show=False),
+        Binding("f2", "show_tab('model')", "Model", show=False),
+        Binding("f3", "show_tab('train')", "Train", show=False),
+        Binding("f4", "show_tab('generate')", "Generate", show=False),
+        Binding("f5", "show_tab('runs')", "Runs", show=False),
+        Binding("ctrl+t", "start_training", "Start training"),
+        Binding("ctrl+s", "stop_training", "Stop"),
+        Binding("ctrl+r", "resume_training", "Resume", show=False),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+        Binding("q", "quit", "Quit", show=False),
+    ]
+
+    def __init__(self, workspace: Workspace, *, poll: bool = True) -> None:
+        super().__init__()
+        self.workspace = workspace.ensure()
+        self.poll = poll  # tests switch the models/ polling off to keep things deterministic
+
+    def compose(self) -> ComposeResult:
+        with TabbedContent(initial="corpus", id="tabs"):
+            with TabPane("F1 Corpus", id="corpus"):
+                yield CorpusTab(self.workspace, id="corpus-tab")
+            with TabPane("F2 Model", id="model"):
+                yield ModelTab(id="model-tab")
+            with TabPane("F3 Train", id="train"):
+                yield TrainTab(self.workspace, id="train-tab")
+            with TabPane("F4 Generate", id="generate"):
+                yield GenerateTab(self.workspace, id="generate-tab")
+            with TabPane("F5 Runs", id="runs"):
+                yield RunsTab(self.workspace, id="runs-tab", poll=self.poll)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = str(self.workspace.home)
+        self.query_one("#corpus-table").focus()
+
+    # --- the tabs, by name -----------------------------------------------------------------------------------
+
+    @property
+    def corpus_tab(self) -> CorpusTab:
+        return self.query_one(CorpusTab)
+
+    @property
+    def model_tab(self) -> ModelTab:
+        return self.query_one(ModelTab)
+
+    @property
+    def train_tab(self) -> TrainTab:
+        return self.query_one(TrainTab)
+
+    @property
+    def generate_tab(self) -> GenerateTab:
+        return self.query_one(GenerateTab)
+
+    @property
+    def runs_tab(self) -> RunsTab:
+        return self.query_one(RunsTab)
+
+    def action_show_tab(self, name: str) -> None:
+        self.query_one("#tabs", TabbedContent).active = name
+        self.call_after_refresh(self._focus_tab, name)
+
+    def _focus_tab(self, name: str) -> None:
+        target = self.query(FOCUS_ON_SHOW[name])
+        if target:
+            target.first().focus()
+
+    # --- messages up, attributes down ------------------------------------------------------------------------
+
+    def on_corpus_tab_selected(self, message: CorpusTab.Selected) -> None:
+        train = self.train_tab
+        train.update_inputs(message.name, train.config, train.problems)
+
+    def on_corpus_tab_tokenizer_changed(self, message: CorpusTab.TokenizerChanged) -> None:
+        self.model_tab.set_values(message.values)
+
+    def on_model_tab_config_changed(self, message: ModelTab.ConfigChanged) -> None:
+        self.corpus_tab.set_tokenizer_values({k: message.values[k] for k in TOKENIZER_SETTINGS})
+        train = self.train_tab
+        train.update_inputs(train.corpus, message.config, message.problems)
+
+    def on_train_tab_run_changed(self, message: TrainTab.RunChanged) -> None:
+        self.runs_tab.poll()
+        self.corpus_tab.refresh_cache_status()
+
+    def on_runs_tab_listed(self, message: RunsTab.Listed) -> None:
+        self.generate_tab.set_runs(message.infos)
+
+    def on_runs_tab_open_in_generate(self, message: RunsTab.OpenInGenerate) -> None:
+        self.action_show_tab("generate")
+        self.generate_tab.open_run(message.run_id)
+
+    def on_runs_tab_resume_in_train(self, message: RunsTab.ResumeInTrain) -> None:
+        self.action_show_tab("train")
+        self.train_tab.set_resume(message.run_id)
+        self.train_tab.action_resume()
+
+    # --- actions for keys and the command palette --------------------------------------------------------
+
+    def action_start_training(self) -> None:
+        self.action_show_tab("train")
+        self.train_tab.action_start()
+
+    def action_stop_training(self) -> None:
+        self.train_tab.action_stop()
+
+    def action_resume_training(self) -> None:
+        self.action_show_tab("train")
+        self.train_tab.action_resume()
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Start training", "Train a new model on the selected corpus", self.action_start_training)
+        yield SystemCommand("Stop training", "Stop the run after this step; its checkpoint is saved",
+                            self.action_stop_training)
+        yield SystemCommand("Resume training", "Continue the last stopped run", self.action_resume_training)
+        yield SystemCommand("Prepare corpus", "Train the tokenizer and encode the selected corpus",
+                            self._prepare_corpus)
+        yield SystemCommand("Open a run", "Browse runs: settings, curves and log", lambda: self.action_show_tab("runs"))
+        yield SystemCommand("Generate", "Talk to the newest (or chosen) model", lambda: self.action_show_tab("generate"))
+        yield SystemCommand("Save transcript", "Save the Generate transcript in the run's generations/",
+                            lambda: self.generate_tab.action_save())
+        for name in TABS:
+            yield SystemCommand(f"Go to {name.title()}", f"Show the {name.title()} tab",
+                                lambda name=name: self.action_show_tab(name))
+
+    def _prepare_corpus(self) -> None:
+        self.action_show_tab("corpus")
+        self.corpus_tab.action_prepare()
+
+    # --- quitting: a training run is stopped and saved first -------------------------------------------------
+
+    async def action_quit(self) -> None:
+        if self.train_tab.running:
+            self.push_screen(
+                ConfirmModal("A run is training. Stop it (its checkpoint is saved) and quit?", yes="Stop and quit"),
+                self._quit_answer,
+            )
+            return
+        self.generate_tab.cancel()  # a generation thread stops within one token
+        self.exit()
+
+    def _quit_answer(self, yes: bool | None) -> None:
+        if yes:
+            self.run_worker(self._stop_and_exit(), group="quit", exclusive=True)
+
+    async def _stop_and_exit(self) -> None:
+        self.notify("Stopping the run and saving its checkpoint…", timeout=60)
+        self.train_tab.stop("stopped: gptui was closed")
+        await self.train_tab.wait()
+        self.exit()
+
+
+def make_app(home: Path | str, *, poll: bool = True) -> GptuiApp:
+    """The app over the workspace at `home` (created if missing); tests build theirs with this."""
+    return GptuiApp(Workspace(home), poll=poll)
+
+
+def run_app(workspace: Workspace) -> None:
+    GptuiApp(workspace).run()

@@ -1,0 +1,282 @@
+"""The Corpus tab: the texts in inputs/, a preview, adding a file, the tokenizer settings and Prepare."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Static
+from textual.worker import get_current_worker
+
+from gptui.core.config import SETTINGS_BY_NAME
+from gptui.core.errors import GptuiError
+from gptui.core.workspace import SAMPLE_CORPUS, CorpusInfo, Workspace
+from gptui.tui.formatting import human_bytes
+from gptui.tui.widgets.setting_field import SettingField
+
+TOKENIZER_SETTINGS = ("tokenizer", "vocab_size", "split_pattern")
+PREVIEW_BYTES = 6000
+
+
+class CorpusTab(Vertical):
+    """Posts `Selected` when the highlighted corpus changes and `TokenizerChanged` when its settings change."""
+
+    class Selected(Message):
+        def __init__(self, name: str | None) -> None:
+            super().__init__()
+            self.name = name
+
+    class TokenizerChanged(Message):
+        def __init__(self, values: dict[str, Any]) -> None:
+            super().__init__()
+            self.values = values
+
+    class _CacheStatus(Message):
+        def __init__(self, status: dict[str, bool]) -> None:
+            super().__init__()
+            self.status = status
+
+    class _PrepareProgress(Message):
+        def __init__(self, stage: str, fraction: float | None) -> None:
+            super().__init__()
+            self.stage, self.fraction = stage, fraction
+
+    class _Prepared(Message):
+        def __init__(self, text: str, error: bool = False) -> None:
+            super().__init__()
+            self.text, self.error = text, error
+
+    def __init__(self, workspace: Workspace, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.workspace = workspace
+        self.corpus: str | None = None
+        self.infos: dict[str, CorpusInfo] = {}
+        self.cache: dict[str, bool] = {}
+
+    def compose(self) -> ComposeResult:
+        table: DataTable = DataTable(id="corpus-table", cursor_type="row", zebra_stripes=True)
+        table.add_column("corpus", key="name")
+        table.add_column("size", key="size")
+        table.add_column("characters", key="chars")
+        table.add_column("lines", key="lines")
+        table.add_column("tokenized", key="cache")
+        yield table
+        with Horizontal(id="corpus-add"):
+            yield Label("Add a file", classes="inline-label")
+            yield Input(placeholder="path of a .txt file, then Enter", id="corpus-path", compact=True)
+            yield Button("Add file", id="corpus-add-button", compact=True)
+        with Horizontal(id="corpus-bottom"):
+            with Vertical(id="corpus-tokenizer-box"):
+                yield Static("Tokenizer", classes="group-title")
+                for name in TOKENIZER_SETTINGS:
+                    setting = SETTINGS_BY_NAME[name]
+                    yield SettingField(setting, setting.default, id_prefix="corpus-set")
+                with Horizontal(id="prepare-row"):
+                    yield Button("Prepare", id="prepare", compact=True, variant="primary")
+                    yield ProgressBar(id="prepare-progress", total=100, show_eta=False)
+                yield Static("Prepare trains the tokenizer and encodes the text (cached).", id="prepare-status")
+            with Vertical(id="corpus-preview-box"):
+                yield Label("Preview", classes="group-title", id="corpus-preview-title")
+                with VerticalScroll(id="corpus-preview-scroll"):
+                    yield Static(id="corpus-preview")
+
+    def on_mount(self) -> None:
+        self.reload(select=None)
+
+    # --- listing ---------------------------------------------------------------------------------------------
+
+    def reload(self, select: str | None = None) -> None:
+        """Re-read inputs/; highlight `select`, else the current corpus, else the sample, else the first."""
+        table = self.query_one("#corpus-table", DataTable)
+        infos = self.workspace.corpora()
+        self.infos = {i.name: i for i in infos}
+        table.clear()
+        for info in infos:
+            table.add_row(
+                info.name, human_bytes(info.bytes), "—" if info.chars is None else f"{info.chars:,}",
+                f"{info.lines:,}", self._cache_text(info.name), key=info.name,
+            )
+        wanted = select or self.corpus or Path(SAMPLE_CORPUS).stem
+        if wanted not in self.infos and infos:
+            wanted = infos[0].name
+        if wanted in self.infos:
+            table.move_cursor(row=table.get_row_index(wanted))
+            self._select(wanted)
+        else:
+            self._select(None)
+        self.refresh_cache_status()
+
+    def _cache_text(self, name: str) -> str:
+        info = self.infos.get(name)
+        if info is not None and info.error:
+            return info.error
+        if name not in self.cache:
+            return "…"
+        return "cached" if self.cache[name] else "no"
+
+    @on(DataTable.RowHighlighted, "#corpus-table")
+    def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        event.stop()
+        if event.row_key.value is not None:
+            self._select(event.row_key.value)
+
+    def _select(self, name: str | None) -> None:
+        if name == self.corpus:
+            return
+        self.corpus = name
+        self._show_preview()
+        self.post_message(self.Selected(name))
+
+    def _show_preview(self) -> None:
+        preview = self.query_one("#corpus-preview", Static)
+        title = self.query_one("#corpus-preview-title", Label)
+        info = self.infos.get(self.corpus or "")
+        if info is None:
+            title.update("Preview")
+            preview.update("No corpus: add a .txt file above.")
+            return
+        title.update(f"Preview of {info.path.name}")
+        try:
+            with open(info.path, "rb") as f:
+                head = f.read(PREVIEW_BYTES)
+        except OSError as exc:
+            preview.update(Text(f"cannot read {info.path.name}: {exc.strerror or exc}"))
+            return
+        text = head.decode("utf-8", errors="replace")
+        if info.bytes > PREVIEW_BYTES:
+            text += "\n…"
+        preview.update(Text(text))
+
+    # --- tokenizer settings (mirrored with the Model tab through the app) ---------------------------------
+
+    def tokenizer_values(self) -> dict[str, Any]:
+        return {name: self.query_one(f"#corpus-set-{name}", SettingField).raw for name in TOKENIZER_SETTINGS}
+
+    def set_tokenizer_values(self, values: dict[str, Any]) -> None:
+        """Mirror the Model form; only changed fields are touched, so mirroring stops after one round."""
+        changed = False
+        for name in TOKENIZER_SETTINGS:
+            if name in values:
+                field = self.query_one(f"#corpus-set-{name}", SettingField)
+                if field.raw != values[name]:
+                    field.raw = values[name]
+                    changed = True
+        if changed:
+            self.refresh_cache_status()
+
+    def on_setting_field_changed(self, event: SettingField.Changed) -> None:
+        event.stop()
+        self.post_message(self.TokenizerChanged(self.tokenizer_values()))
+        self.refresh_cache_status()
+
+    def _spec(self):
+        from gptui.core.config import Config, apply_overrides
+        from gptui.core.data import TokenizerSpec
+
+        return TokenizerSpec.from_config(apply_overrides(Config(), self.tokenizer_values()))
+
+    # --- cache status and Prepare (threads: they hash and tokenize files) ----------------------------------
+
+    def refresh_cache_status(self) -> None:
+        try:
+            spec = self._spec()
+        except (GptuiError, ValueError):
+            return  # a half-typed vocabulary size: the field already says why
+        self._check_cache(spec, [i.path for i in self.infos.values() if not i.error])
+
+    @work(thread=True, exclusive=True, group="corpus-cache", exit_on_error=False)
+    def _check_cache(self, spec, paths: list[Path]) -> None:
+        from gptui.core.data import cache_status
+
+        worker = get_current_worker()
+        status = {}
+        for path in paths:
+            if worker.is_cancelled:
+                return
+            status[path.stem] = cache_status(self.workspace.cache, path, spec)
+        self.post_message(self._CacheStatus(status))
+
+    def on_corpus_tab__cache_status(self, event: _CacheStatus) -> None:
+        self.cache = event.status
+        table = self.query_one("#corpus-table", DataTable)
+        for name in self.infos:
+            if name in table.rows:
+                table.update_cell(name, "cache", self._cache_text(name))
+
+    @on(Button.Pressed, "#prepare")
+    def action_prepare(self) -> None:
+        if self.corpus is None:
+            self.notify("Select a corpus first.", severity="warning")
+            return
+        try:
+            spec = self._spec()
+        except (GptuiError, ValueError) as exc:
+            self.notify(f"Fix the tokenizer settings first: {exc}", severity="error")
+            return
+        self.query_one("#prepare", Button).disabled = True
+        self.query_one("#prepare-progress", ProgressBar).update(total=None, progress=0)
+        self._prepare(self.infos[self.corpus].path, spec)
+
+    @work(thread=True, exclusive=True, group="corpus-prepare", exit_on_error=False)
+    def _prepare(self, path: Path, spec) -> None:
+        from gptui.core.data import prepare
+
+        try:
+            data = prepare(path, spec, self.workspace.cache,
+                           progress=lambda stage, frac: self.post_message(self._PrepareProgress(stage, frac)))
+        except GptuiError as exc:
+            self.post_message(self._Prepared(str(exc), error=True))
+            return
+        except Exception as exc:  # shown, never a traceback
+            self.post_message(self._Prepared(f"{type(exc).__name__}: {exc}", error=True))
+            return
+        how = "served from cache" if data.cached else (
+            f"tokenizer {data.seconds.get('train_tokenizer', 0):.1f}s, encoding {data.seconds.get('encode', 0):.1f}s"
+        )
+        self.post_message(self._Prepared(
+            f"{path.stem}: {len(data.tokens):,} tokens, {data.tokenizer.describe()}; {how}"
+        ))
+
+    def on_corpus_tab__prepare_progress(self, event: _PrepareProgress) -> None:
+        bar = self.query_one("#prepare-progress", ProgressBar)
+        if event.fraction is None:
+            bar.update(total=None)
+        else:
+            bar.update(total=100, progress=100 * event.fraction)
+        self.query_one("#prepare-status", Static).update(Text(event.stage))
+
+    def on_corpus_tab__prepared(self, event: _Prepared) -> None:
+        self.query_one("#prepare", Button).disabled = False
+        bar = self.query_one("#prepare-progress", ProgressBar)
+        bar.update(total=100, progress=0 if event.error else 100)
+        self.query_one("#prepare-status", Static).update(Text(("✗ " if event.error else "✓ ") + event.text))
+        if event.error:
+            self.notify(event.text, severity="error", title="Prepare failed")
+        self.refresh_cache_status()
+
+    # --- adding a file -----------------------------------------------------------------------------------
+
+    @on(Input.Submitted, "#corpus-path")
+    @on(Button.Pressed, "#corpus-add-button")
+    def add_file(self) -> None:
+        field = self.query_one("#corpus-path", Input)
+        raw = field.value.strip()
+        if not raw:
+            self.notify("Type the path of a text file to add.", severity="warning")
+            return
+        try:
+            dest = self.workspace.add_corpus(raw)
+        except GptuiError as exc:
+            self.notify(str(exc), severity="error", title="Cannot add file")
+            return
+        except OSError as exc:
+            self.notify(f"{raw}: {exc.strerror or exc}", severity="error", title="Cannot add file")
+            return
+        field.value = ""
+        self.notify(f"Added {dest.name} to inputs/.")
+        self.reload(select=dest.stem)

@@ -1,0 +1,325 @@
+"""The Generate tab: pick a saved run and talk to it. Your prompt and the model's continuation appear as turns,
+the continuation streaming in as it is sampled; the transcript can be saved into the run's generations/."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.validation import Integer, Number
+from textual.widgets import Button, Input, Label, Select, Static, Switch
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from gptui.core.errors import GptuiError
+from gptui.core.runs import WEIGHTS, RunInfo, RunStore
+from gptui.core.workspace import Workspace
+from gptui.tui.formatting import human_number, loss_text
+
+STREAM_SECONDS = 0.05  # the sampling thread hands text over at most 20 times a second
+
+
+class Turn(Static):
+    """One turn of the transcript: who spoke, and the text (which grows while the model streams)."""
+
+    def __init__(self, who: str, text: str = "", *, model: bool = False) -> None:
+        super().__init__(classes="turn model-turn" if model else "turn user-turn")
+        self.who = who
+        self.text = text
+        self.border_title = who
+
+    def on_mount(self) -> None:
+        self.update(Text(self.text or "…"))
+
+    def append(self, piece: str) -> None:
+        self.text += piece
+        self.update(Text(self.text))
+
+
+class GenerateTab(Vertical):
+    BINDINGS = [
+        Binding("ctrl+s", "stop", "Stop generating"),
+        Binding("ctrl+l", "clear", "Clear"),
+        Binding("ctrl+o", "save", "Save transcript"),
+    ]
+
+    class _Status(Message):
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+    class _Piece(Message):
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+    class _Done(Message):
+        def __init__(self, error: str | None = None, tokens_per_sec: float | None = None) -> None:
+            super().__init__()
+            self.error, self.tokens_per_sec = error, tokens_per_sec
+
+    def __init__(self, workspace: Workspace, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.workspace = workspace
+        self.runs: dict[str, RunInfo] = {}
+        self.run_id: str | None = None
+        self.turns: list[Turn] = []
+        self.last_settings: dict[str, Any] = {}
+        self._loaded: Any = None  # gptui.core.generate.LoadedModel, cached between prompts
+        self._stop = threading.Event()
+        self._worker: Worker | None = None
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="gen-top"):
+            yield Label("Run", classes="inline-label")
+            yield Select([], prompt="no saved run yet", id="gen-run", compact=True)
+            yield Static(id="gen-run-info")
+        with Horizontal(id="gen-settings"):
+            yield from self._setting("temperature", "gen-temperature", "0.8", [Number(minimum=0)])
+            yield from self._setting("top-k", "gen-top-k", "0", [Integer(minimum=0)], type_="integer")
+            yield from self._setting("top-p", "gen-top-p", "1.0", [Number(minimum=0, maximum=1)])
+            yield from self._setting("max tokens", "gen-max-tokens", "300", [Integer(minimum=1, maximum=100_000)],
+                                     type_="integer")
+            yield from self._setting("seed", "gen-seed", "", [Integer(minimum=0)], type_="integer",
+                                     placeholder="random")
+            yield from self._setting("stop at", "gen-stop", "", [], placeholder="text (\\n: newline)")
+            yield Label("context", classes="gen-label")
+            yield Switch(False, id="gen-context", tooltip="Feed the whole conversation so far as context")
+        with VerticalScroll(id="gen-transcript"):
+            yield Static("Type a prompt below and press Enter; the model continues it.", id="gen-empty")
+        with Horizontal(id="gen-input-row"):
+            yield Input(placeholder="prompt (Enter sends; empty starts from a newline)", id="gen-prompt", compact=True)
+            yield Button("Send", id="gen-send", variant="primary", compact=True)
+            yield Button("Stop", id="gen-stop-button", variant="error", compact=True, disabled=True)
+            yield Button("Clear", id="gen-clear", compact=True)
+            yield Button("Save", id="gen-save", compact=True)
+
+    def _setting(self, label: str, id: str, value: str, validators, type_: str = "text", placeholder: str = ""):
+        yield Label(label, classes="gen-label")
+        yield Input(value, id=id, validators=validators, type=type_, placeholder=placeholder, compact=True,
+                    classes="gen-value", valid_empty=id == "gen-seed")
+
+    # --- runs ------------------------------------------------------------------------------------------------
+
+    def set_runs(self, infos: list[RunInfo], select: str | None = None) -> None:
+        """The runs that have weights to load (newest first); keeps the current choice unless told otherwise."""
+        usable = [i for i in infos if not i.damaged and (i.path and _has_weights(i))]
+        usable.sort(key=lambda i: i.created, reverse=True)
+        new = {i.id: i for i in usable}
+        choice = select or (self.run_id if self.run_id in new else None) or (usable[0].id if usable else None)
+        picker = self.query_one("#gen-run", Select)
+        if list(new) != list(self.runs):
+            with self.prevent(Select.Changed):
+                picker.set_options([(i.id, i.id) for i in usable])
+        self.runs = new
+        if choice is not None and picker.value != choice:
+            with self.prevent(Select.Changed):
+                picker.value = choice
+        self._choose(choice)
+
+    def open_run(self, run_id: str) -> None:
+        if run_id not in self.runs:
+            self.notify(f"Run {run_id} has no saved weights to load yet.", severity="warning")
+            return
+        self.set_runs(list(self.runs.values()), select=run_id)
+
+    @on(Select.Changed, "#gen-run")
+    def _run_picked(self, event: Select.Changed) -> None:
+        event.stop()
+        self._choose(event.value if isinstance(event.value, str) else None)
+
+    def _choose(self, run_id: str | None) -> None:
+        if run_id != self.run_id:
+            self.run_id = run_id
+            self._loaded = None  # loaded again, lazily, on the next prompt
+        info = self.runs.get(run_id or "")
+        text = "Train a model first (Train tab)." if info is None else (
+            f"{human_number(info.params)} params · {info.tokenizer} · {info.steps:,} steps · "
+            f"val loss {loss_text(info.best_val_loss)}"
+        )
+        self.query_one("#gen-run-info", Static).update(text)
+
+    # --- sending a prompt --------------------------------------------------------------------------------------
+
+    @property
+    def generating(self) -> bool:
+        return self._worker is not None and self._worker.state in (WorkerState.PENDING, WorkerState.RUNNING)
+
+    @on(Input.Submitted, "#gen-prompt")
+    @on(Button.Pressed, "#gen-send")
+    def action_send(self) -> None:
+        if self.generating:
+            self.notify("Still generating: stop it first (ctrl+s).", severity="warning")
+            return
+        if self.run_id is None:
+            self.notify("No run to generate from: train one first.", severity="warning")
+            return
+        try:
+            settings = self.sampling_settings()
+        except ValueError as exc:
+            self.notify(str(exc), severity="error", title="Check the settings")
+            return
+        prompt_input = self.query_one("#gen-prompt", Input)
+        prompt = prompt_input.value.replace("\\n", "\n")
+        context = self.conversation_text() if self.query_one("#gen-context", Switch).value else ""
+        prompt_input.value = ""
+        self.last_settings = settings
+        self._add_turn(Turn("You", prompt or "(empty prompt)"))
+        self._add_turn(Turn(f"Model · {self.run_id}", model=True))
+        self._stop.clear()
+        self._worker = self._generate(self.run_id, context + prompt, settings)
+        self._sync_buttons()
+
+    def sampling_settings(self) -> dict[str, Any]:
+        """The sampling settings typed in, or ValueError naming the field that is wrong."""
+        def value(id: str, name: str) -> str:
+            field = self.query_one(f"#{id}", Input)
+            result = field.validate(field.value)
+            if result is not None and not result.is_valid:
+                raise ValueError(f"{name}: {'; '.join(result.failure_descriptions)}")
+            return field.value.strip()
+
+        seed = value("gen-seed", "seed")
+        top_p = float(value("gen-top-p", "top-p"))
+        if top_p <= 0:
+            raise ValueError("top-p: must be greater than 0 (1 turns it off)")
+        return {
+            "temperature": float(value("gen-temperature", "temperature")),
+            "top_k": int(value("gen-top-k", "top-k")),
+            "top_p": top_p,
+            "max_new_tokens": int(value("gen-max-tokens", "max tokens")),
+            "seed": int(seed) if seed else None,
+            "stop": self.query_one("#gen-stop", Input).value.replace("\\n", "\n").replace("\\t", "\t"),
+        }
+
+    def conversation_text(self) -> str:
+        """The conversation as one text, the way the model reads it: each turn continues the last."""
+        return "".join(t.text for t in self.turns if t.text != "(empty prompt)")
+
+    def _add_turn(self, turn: Turn) -> None:
+        transcript = self.query_one("#gen-transcript", VerticalScroll)
+        empty = self.query("#gen-empty")
+        if empty:
+            empty.remove()
+        self.turns.append(turn)
+        transcript.mount(turn)
+        transcript.scroll_end(animate=False)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="generate")
+    def _generate(self, run_id: str, prompt: str, settings: dict[str, Any]) -> None:
+        worker = get_current_worker()
+        try:
+            from gptui.core.generate import SamplingSettings, load_model, stream_text  # loads torch
+
+            loaded = self._loaded
+            if loaded is None or loaded.run.id != run_id:
+                self.post_message(self._Status(f"loading {run_id}…"))
+                loaded = load_model(RunStore(self.workspace).resolve(run_id))
+                self._loaded = loaded
+            self.post_message(self._Status("generating…"))
+            pending: list[str] = []
+            last = start = time.monotonic()
+            count = 0
+            for piece in stream_text(loaded, prompt, SamplingSettings(**settings),
+                                     should_stop=lambda: self._stop.is_set() or worker.is_cancelled):
+                pending.append(piece)
+                count += 1
+                if time.monotonic() - last >= STREAM_SECONDS:
+                    self.post_message(self._Piece("".join(pending)))
+                    pending.clear()
+                    last = time.monotonic()
+            if pending:
+                self.post_message(self._Piece("".join(pending)))
+            self.post_message(self._Done(tokens_per_sec=count / max(1e-9, time.monotonic() - start)))
+        except GptuiError as exc:
+            self.post_message(self._Done(error=str(exc)))
+        except Exception as exc:  # one line on screen, never a traceback
+            self.post_message(self._Done(error=f"{type(exc).__name__}: {exc}"))
+
+    @on(_Status)
+    def _show_status(self, message: _Status) -> None:
+        self.query_one("#gen-run-info", Static).update(Text(message.text))
+
+    @on(_Piece)
+    def _show_piece(self, message: _Piece) -> None:
+        if self.turns and "model-turn" in self.turns[-1].classes:
+            self.turns[-1].append(message.text)
+            self.query_one("#gen-transcript", VerticalScroll).scroll_end(animate=False)
+
+    @on(_Done)
+    def _done(self, message: _Done) -> None:
+        self._choose(self.run_id)
+        if message.error:
+            self.notify(message.error, severity="error", title="Generation failed")
+            if self.turns and "model-turn" in self.turns[-1].classes and not self.turns[-1].text:
+                self.turns[-1].append(f"({message.error})")
+        elif self.turns and not self.turns[-1].text:
+            self.turns[-1].append("(no text: the stop string came first)")
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker is self._worker:
+            self._sync_buttons()
+
+    def _sync_buttons(self) -> None:
+        busy = self.generating
+        self.query_one("#gen-send", Button).disabled = busy
+        self.query_one("#gen-stop-button", Button).disabled = not busy
+
+    # --- stop, clear, save -----------------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        self._stop.set()
+
+    def on_unmount(self) -> None:
+        self._stop.set()
+
+    @on(Button.Pressed, "#gen-stop-button")
+    def action_stop(self) -> None:
+        if self.generating:
+            self._stop.set()
+        else:
+            self.notify("Not generating.", severity="warning")
+
+    @on(Button.Pressed, "#gen-clear")
+    def action_clear(self) -> None:
+        if self.generating:
+            self._stop.set()
+        for turn in self.turns:
+            turn.remove()
+        self.turns.clear()
+
+    @on(Button.Pressed, "#gen-save")
+    def action_save(self) -> None:
+        if not self.turns or self.run_id is None:
+            self.notify("Nothing to save yet.", severity="warning")
+            return
+        prompts = [t.text for t in self.turns if "user-turn" in t.classes]
+        header = {
+            "run": self.run_id,
+            "time": datetime.now().isoformat(timespec="seconds"),
+            "settings": json.dumps(self.last_settings),
+            "prompt": json.dumps(prompts[0] if len(prompts) == 1 else prompts),
+            "context": "whole conversation" if self.query_one("#gen-context", Switch).value else "each prompt alone",
+        }
+        body = "\n\n".join(f"### {t.who}\n{t.text}" for t in self.turns)
+        try:
+            path = RunStore(self.workspace).resolve(self.run_id).save_generation(header, body, "chat")
+        except (GptuiError, OSError) as exc:
+            self.notify(f"Could not save: {exc}", severity="error")
+            return
+        self.last_saved = path
+        self.notify(f"Saved {path.name} in {self.run_id}/generations/.", title="Transcript saved")
+
+
+def _has_weights(info: RunInfo) -> bool:
+    from pathlib import Path
+
+    return (Path(info.path) / WEIGHTS).is_file()

@@ -1,0 +1,351 @@
+"""The Runs tab: every run in models/ (also those a CLI in another terminal is training), its settings, curves
+and log; several runs marked to overlay their validation curves; open, resume, rename, delete."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Button, DataTable, Log, Static, TabbedContent, TabPane
+
+from gptui.core.errors import GptuiError
+from gptui.core.runs import Run, RunInfo, RunStore
+from gptui.core.workspace import Workspace
+from gptui.tui.formatting import human_duration, human_number, loss_text
+from gptui.tui.widgets.loss_plot import LossPlot
+from gptui.tui.widgets.modals import ConfirmModal, TextPromptModal
+
+POLL_SECONDS = 3.0  # how often models/ is looked at again, for runs started elsewhere
+
+COLUMNS: list[tuple[str, str]] = [
+    ("mark", " "), ("id", "run"), ("corpus", "corpus"), ("params", "params"), ("tokenizer", "tokenizer"),
+    ("steps", "steps"), ("best_val_loss", "val loss"), ("val_bpb", "val bpb"), ("status", "status"),
+    ("created", "date"), ("duration", "time"),
+]
+RESUMABLE = ("stopped", "interrupted", "failed")
+
+
+def _sort_key(column: str):
+    def key(info: RunInfo) -> Any:
+        value = getattr(info, column, None)
+        # missing numbers sort last whichever the direction, as (flag, value) pairs
+        return (value is None, value if value is not None else 0)
+
+    return key
+
+
+class RunsTab(Vertical):
+    BINDINGS = [
+        Binding("space", "mark", "Mark"),
+        Binding("g", "generate", "Generate"),
+        Binding("r", "resume", "Resume"),
+        Binding("n", "rename", "Rename"),
+        Binding("d,delete", "delete", "Delete"),
+        Binding("s", "sort", "Sort"),
+    ]
+
+    class OpenInGenerate(Message):
+        def __init__(self, run_id: str) -> None:
+            super().__init__()
+            self.run_id = run_id
+
+    class ResumeInTrain(Message):
+        def __init__(self, run_id: str) -> None:
+            super().__init__()
+            self.run_id = run_id
+
+    class Listed(Message):
+        """A fresh listing of models/ (the Generate tab uses it for its run picker)."""
+
+        def __init__(self, infos: list[RunInfo]) -> None:
+            super().__init__()
+            self.infos = infos
+
+    class _Detail(Message):
+        def __init__(self, run_id: str, settings: Text, log: str, series: dict[str, tuple[list, list]],
+                     title: str) -> None:
+            super().__init__()
+            self.run_id, self.settings, self.log, self.series, self.title = run_id, settings, log, series, title
+
+    def __init__(self, workspace: Workspace, *, id: str | None = None, poll: bool = True) -> None:
+        super().__init__(id=id)
+        self.workspace = workspace
+        self.store = RunStore(workspace)
+        self.infos: list[RunInfo] = []
+        self.marked: set[str] = set()
+        self.sort_column = "created"
+        self.sort_reverse = True
+        self.poll_enabled = poll
+        self._detail_key: Any = None  # what the detail pane shows, to reload it only when that changes
+
+    def compose(self) -> ComposeResult:
+        table: DataTable = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        for key, label in COLUMNS:
+            table.add_column(label, key=key)
+        yield table
+        with Horizontal(id="runs-actions"):
+            yield Button("Generate", id="runs-generate", compact=True, variant="primary")
+            yield Button("Resume", id="runs-resume", compact=True)
+            yield Button("Rename", id="runs-rename", compact=True)
+            yield Button("Delete", id="runs-delete", compact=True, variant="error")
+            yield Static("space marks runs to overlay their validation curves", id="runs-hint")
+        with TabbedContent(id="runs-detail"):
+            with TabPane("Curves", id="runs-curves"):
+                yield LossPlot("select a run", id="runs-plot")
+            with TabPane("Settings", id="runs-settings-pane"):
+                with VerticalScroll():
+                    yield Static(id="runs-settings")
+            with TabPane("Log", id="runs-log-pane"):
+                yield Log(id="runs-log", max_lines=2000)
+
+    def on_mount(self) -> None:
+        self.poll()
+        if self.poll_enabled:
+            self.set_interval(POLL_SECONDS, self.poll)
+
+    # --- listing ---------------------------------------------------------------------------------------------
+
+    def poll(self) -> None:
+        self._list_runs()
+
+    @work(thread=True, exclusive=True, group="runs-list", exit_on_error=False)
+    def _list_runs(self) -> None:
+        try:
+            infos = self.store.list()
+        except OSError:
+            return  # models/ vanished or is unreadable for a moment: try again at the next poll
+        self.post_message(self.Listed(infos))
+
+    def on_runs_tab_listed(self, message: Listed) -> None:
+        # not stopped: the app hands the listing to the Generate tab too
+        if message.infos != self.infos:
+            self.infos = message.infos
+            self.marked &= {i.id for i in self.infos}
+            self._fill_table()
+        self._show_detail()
+
+    def _fill_table(self) -> None:
+        table = self.query_one("#runs-table", DataTable)
+        current = self.current_id
+        table.clear()
+        for info in sorted(self.infos, key=_sort_key(self.sort_column), reverse=self.sort_reverse):
+            table.add_row(*self._cells(info), key=info.id)
+        if current is not None and current in table.rows:
+            table.move_cursor(row=table.get_row_index(current), animate=False)
+        table.columns["mark"].label = Text("●" if self.marked else " ")
+        for key, label in COLUMNS:
+            arrow = (" ▼" if self.sort_reverse else " ▲") if key == self.sort_column else ""
+            if key != "mark":
+                table.columns[key].label = Text(label + arrow)
+
+    def _cells(self, info: RunInfo) -> list[Any]:
+        status = Text(info.status, style={"running": "bold green", "damaged": "red", "failed": "red",
+                                          "interrupted": "yellow"}.get(info.status, ""))
+        return [
+            "●" if info.id in self.marked else " ", info.id, info.corpus,
+            human_number(info.params) if info.params else "—", info.tokenizer, f"{info.steps:,}",
+            loss_text(info.best_val_loss), loss_text(info.val_bpb), status, info.created.replace("T", " ")[:16],
+            human_duration(info.duration),
+        ]
+
+    @property
+    def current_id(self) -> str | None:
+        table = self.query_one("#runs-table", DataTable)
+        if not table.row_count:
+            return None
+        try:
+            return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        except Exception:  # cursor past the end after rows were removed
+            return None
+
+    def info(self, run_id: str | None) -> RunInfo | None:
+        return next((i for i in self.infos if i.id == run_id), None)
+
+    @on(DataTable.RowHighlighted, "#runs-table")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        event.stop()
+        self._show_detail()
+
+    @on(DataTable.HeaderSelected, "#runs-table")
+    def _header(self, event: DataTable.HeaderSelected) -> None:
+        event.stop()
+        column = str(event.column_key.value)
+        if column == "mark":
+            return
+        self.sort_reverse = not self.sort_reverse if column == self.sort_column else column in (
+            "created", "steps", "params", "duration")
+        self.sort_column = column
+        self._fill_table()
+
+    def action_sort(self) -> None:
+        """Cycle the sort through the columns (a click on a header does the same for that column)."""
+        keys = [k for k, _ in COLUMNS if k != "mark"]
+        self.sort_column = keys[(keys.index(self.sort_column) + 1) % len(keys)]
+        self.sort_reverse = self.sort_column in ("created", "steps", "params", "duration")
+        self._fill_table()
+        self.notify(f"sorted by {dict(COLUMNS)[self.sort_column]}", timeout=1.5)
+
+    # --- detail: settings, curves, log -------------------------------------------------------------------
+
+    def _show_detail(self) -> None:
+        run_id = self.current_id
+        info = self.info(run_id)
+        key = (run_id, info.steps if info else None, info.status if info else None, tuple(sorted(self.marked)))
+        if key == self._detail_key:
+            return
+        self._detail_key = key
+        if run_id is None:
+            self.query_one("#runs-plot", LossPlot).clear("no runs yet: train one on the Train tab")
+            self.query_one("#runs-settings", Static).update("")
+            self.query_one("#runs-log", Log).clear()
+            return
+        self._load_detail(run_id, sorted(self.marked))
+
+    @work(thread=True, exclusive=True, group="runs-detail", exit_on_error=False)
+    def _load_detail(self, run_id: str, marked: list[str]) -> None:
+        run = Run(self.store.root / run_id)
+        try:
+            config = run.read_config()
+        except (OSError, ValueError):
+            config = {}
+        settings = _settings_text(config if isinstance(config, dict) else {}, run.read_state())
+        series: dict[str, tuple[list, list]] = {}
+        if marked:
+            title = f"validation bits per byte of {len(marked)} marked run{'s' if len(marked) > 1 else ''}"
+            for other in marked:
+                evals = [m for m in _metrics(Run(self.store.root / other)) if m.get("type") == "eval"]
+                series[other[-24:]] = ([m["step"] for m in evals], [m.get("val_bpb", m["val_loss"]) for m in evals])
+        else:
+            title = f"loss of {run_id}"
+            metrics = _metrics(run)
+            train = [m for m in metrics if m.get("type") == "train" and "loss" in m]
+            evals = [m for m in metrics if m.get("type") == "eval" and "val_loss" in m]
+            series["train"] = ([m["step"] for m in train], [m["loss"] for m in train])
+            series["val"] = ([m["step"] for m in evals], [m["val_loss"] for m in evals])
+        self.post_message(self._Detail(run_id, settings, run.read_log(), series, title))
+
+    @on(_Detail)
+    def _detail(self, message: _Detail) -> None:
+        plot = self.query_one("#runs-plot", LossPlot)
+        plot.clear(message.title)
+        for name, (xs, ys) in message.series.items():
+            plot.set_series(name, xs, ys)
+        self.query_one("#runs-settings", Static).update(message.settings)
+        log = self.query_one("#runs-log", Log)
+        log.clear()
+        log.write_lines(message.log.splitlines()[-1000:])
+
+    # --- actions ---------------------------------------------------------------------------------------------
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        action = {"runs-generate": self.action_generate, "runs-resume": self.action_resume,
+                  "runs-rename": self.action_rename, "runs-delete": self.action_delete}.get(event.button.id or "")
+        if action:
+            action()
+
+    def _current_or_warn(self) -> RunInfo | None:
+        info = self.info(self.current_id)
+        if info is None:
+            self.notify("No run selected.", severity="warning")
+        return info
+
+    def action_mark(self) -> None:
+        info = self._current_or_warn()
+        if info is None:
+            return
+        self.marked ^= {info.id}
+        table = self.query_one("#runs-table", DataTable)
+        table.update_cell(info.id, "mark", "●" if info.id in self.marked else " ")
+        table.columns["mark"].label = Text("●" if self.marked else " ")
+        self._show_detail()
+
+    def action_generate(self) -> None:
+        info = self._current_or_warn()
+        if info is not None:
+            self.post_message(self.OpenInGenerate(info.id))
+
+    def action_resume(self) -> None:
+        info = self._current_or_warn()
+        if info is None:
+            return
+        if info.status not in RESUMABLE:
+            why = "it is still training" if info.status == "running" else f"it is {info.status}"
+            self.notify(f"Cannot resume {info.id}: {why}.", severity="warning")
+            return
+        self.post_message(self.ResumeInTrain(info.id))
+
+    def action_rename(self) -> None:
+        info = self._current_or_warn()
+        if info is None:
+            return
+
+        def renamed(name: str | None) -> None:
+            if not name:
+                return
+            try:
+                run = self.store.rename(self.store.resolve(info.id), name)
+            except (GptuiError, OSError) as exc:
+                self.notify(str(exc), severity="error", title="Cannot rename")
+                return
+            self.notify(f"Renamed to {run.id}.")
+            self.poll()
+
+        self.app.push_screen(TextPromptModal(f"New name for {info.id}:", info.id, ok="Rename"), renamed)
+
+    def action_delete(self) -> None:
+        info = self._current_or_warn()
+        if info is None:
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if not yes:
+                return
+            try:
+                self.store.delete(self.store.resolve(info.id))
+            except (GptuiError, OSError) as exc:
+                self.notify(str(exc), severity="error", title="Cannot delete")
+                return
+            self.marked.discard(info.id)
+            self.notify(f"Deleted {info.id}.")
+            self.poll()
+
+        self.app.push_screen(
+            ConfirmModal(f"Delete run {info.id}?\nIts weights, checkpoint, log and generations are removed for good.",
+                         yes="Delete", danger=True),
+            confirmed,
+        )
+
+
+def _metrics(run: Run) -> list[dict]:
+    try:
+        return run.metrics()
+    except (OSError, ValueError):
+        return []
+
+
+def _settings_text(config: dict[str, Any], state: dict[str, Any]) -> Text:
+    text = Text()
+    facts = {
+        "corpus": config.get("corpus"), "parameters": f"{config['params']:,}" if config.get("params") else None,
+        "vocabulary": config.get("vocab_size"), "created": config.get("created"),
+        "status": state.get("status"), "steps": state.get("step"), "stop reason": state.get("stop_reason"),
+        "error": state.get("error"), "gptui": config.get("gptui_version"), "torch": config.get("torch_version"),
+    }
+    for key, value in facts.items():
+        if value is not None:
+            text.append(f"{key:<14}", style="bold")
+            text.append(f"{value}\n")
+    settings = config.get("settings")
+    if isinstance(settings, dict):
+        text.append("\nsettings\n", style="bold underline")
+        for key, value in settings.items():
+            text.append(f"  {key:<16}", style="bold")
+            text.append(f"{json.dumps(value) if isinstance(value, str) else value}\n")
+    return text

@@ -1,0 +1,1 @@
+"""Reusable widgets: the loss plot, a form field generated from a setting, and the modal dialogs."""

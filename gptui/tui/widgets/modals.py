@@ -1,0 +1,67 @@
+"""Small dialogs: a yes/no confirmation and a one-line text prompt. They return their answer by dismissing."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label
+
+
+class ConfirmModal(ModalScreen[bool]):
+    BINDINGS = [Binding("escape", "dismiss(False)", "Cancel"), Binding("y", "dismiss(True)", "Yes", show=False)]
+
+    def __init__(self, question: str, yes: str = "Yes", no: str = "Cancel", *, danger: bool = False) -> None:
+        super().__init__()
+        self.question, self.yes, self.no, self.danger = question, yes, no, danger
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.question, classes="dialog-text")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button(self.yes, id="yes", variant="error" if self.danger else "primary")
+                yield Button(self.no, id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no" if self.danger else "#yes", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.dismiss(event.button.id == "yes")
+
+
+class TextPromptModal(ModalScreen[str | None]):
+    """Ask for one line of text (a new run name); Escape cancels with None."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+
+    def __init__(self, question: str, value: str = "", ok: str = "OK") -> None:
+        super().__init__()
+        self.question, self.value, self.ok = question, value, ok
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.question, classes="dialog-text")
+            yield Input(self.value, id="answer")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button(self.ok, id="ok", variant="primary")
+                yield Button("Cancel", id="cancel")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self._answer()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        if event.button.id == "ok":
+            self._answer()
+        else:
+            self.dismiss(None)
+
+    def _answer(self) -> None:
+        text = self.query_one("#answer", Input).value.strip()
+        if not text:
+            self.notify("Type a name, or press Escape to cancel.", severity="warning")
+            return
+        self.dismiss(text)

@@ -1,0 +1,116 @@
+"""One form row generated from a `Setting` declaration: its name, an editor that fits its type, its range and
+help, and a line for the reason its value is refused. The Model form and the Corpus tab's tokenizer controls
+are both built from these, so a setting is described in one place (gptui.core.config)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.validation import ValidationResult, Validator
+from textual.widget import Widget
+from textual.widgets import Input, Label, Select, Static, Switch
+
+from gptui.core.config import Setting
+
+
+class SettingValidator(Validator):
+    """The declaration's own parse and range check, so the Input turns red as soon as a value is refused."""
+
+    def __init__(self, setting: Setting) -> None:
+        super().__init__()
+        self.setting = setting
+
+    def validate(self, value: str) -> ValidationResult:
+        try:
+            reason = self.setting.check(self.setting.parse(value))
+        except ValueError as exc:
+            reason = str(exc)
+        return self.failure(reason) if reason else self.success()
+
+
+def format_value(setting: Setting, value: Any) -> str:
+    if setting.type is float:
+        return f"{value:g}"
+    return str(value)
+
+
+class SettingField(Vertical):
+    """Posts `SettingField.Changed` when the user edits; the parent sets `.value` and `.error` from above."""
+
+    class Changed(Message):
+        def __init__(self, field: SettingField) -> None:
+            super().__init__()
+            self.field = field
+
+        @property
+        def control(self) -> SettingField:
+            return self.field
+
+    def __init__(self, setting: Setting, value: Any, *, id_prefix: str = "set") -> None:
+        super().__init__(id=f"{id_prefix}-{setting.name}", classes="setting-field")
+        self.setting = setting
+        self._initial = value
+
+    def compose(self) -> ComposeResult:
+        s = self.setting
+        with Horizontal(classes="field-row"):
+            yield Label(s.name, classes="field-name")
+            yield self._make_editor(self._initial)
+            yield Label(Text(s.range_text), classes="field-range")
+            yield Static(Text(s.help), classes="field-help")
+        yield Static("", classes="field-error")
+
+    def _make_editor(self, value: Any) -> Widget:
+        s = self.setting
+        if s.type is bool:
+            return Switch(bool(value), classes="field-editor")
+        if s.choices:
+            return Select([(c, c) for c in s.choices], value=value, allow_blank=False, compact=True,
+                          classes="field-editor")
+        return Input(format_value(s, value), type="integer" if s.type is int else "text",
+                     validators=[SettingValidator(s)], compact=True, classes="field-editor",
+                     tooltip=s.help)
+
+    @property
+    def editor(self) -> Widget:
+        return self.query_one(".field-editor")
+
+    @property
+    def raw(self) -> Any:
+        """What the user entered: a string for text fields, a bool for switches, the choice for selects."""
+        editor = self.editor
+        if isinstance(editor, Switch):
+            return editor.value
+        if isinstance(editor, Select):
+            return editor.value if editor.value is not Select.NULL else self.setting.default
+        return editor.value
+
+    @raw.setter
+    def raw(self, value: Any) -> None:
+        editor = self.editor
+        if isinstance(editor, Input):
+            text = format_value(self.setting, value)
+            if editor.value != text:
+                editor.value = text
+        elif editor.value != value:
+            editor.value = value
+
+    def show_error(self, reason: str | None) -> None:
+        self.set_class(bool(reason), "-invalid")
+        self.query_one(".field-error", Static).update(Text(f"✗ {reason}") if reason else "")
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        self.post_message(self.Changed(self))
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        event.stop()
+        self.post_message(self.Changed(self))
+
+    def on_switch_changed(self, event: Switch.Changed) -> None:
+        event.stop()
+        self.post_message(self.Changed(self))
