@@ -1,0 +1,358 @@
+"""The command line end to end, in subprocesses as a user runs it: exit codes 0/2/1, one-line errors on stderr,
+JSON on stdout, deterministic generation, the cache, ctrl-c then resume.
+
+Each subprocess imports torch (about 2 s), so runs are shared through module-scoped fixtures where possible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+# one thread per process: on a busy 2-core machine, two OpenMP threads per process are many times slower
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+ENV.pop("GPTUI_HOME", None)
+
+TINY_SETS: list[str] = []
+
+
+def gptui(home: Path, *args, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gptui", "--home", str(home), *args],
+        capture_output=True, text=True, timeout=timeout, env=ENV, cwd=home if home.is_dir() else home.parent, **kw,
+    )
+
+
+def sets(overrides: dict) -> list[str]:
+    out: list[str] = []
+    for key, value in overrides.items():
+        out += ["--set", f"{key}={value}"]
+    return out
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *fragments: str) -> str:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected a one-line error, got: {result.stderr!r}"
+    line = lines[0]
+    assert "error:" in line
+    for fragment in fragments:
+        assert fragment in line, (fragment, line)
+    return line
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, make_corpus_text) -> Path:
+    home = tmp_path_factory.mktemp("cli")
+    (home / "inputs").mkdir()
+    (home / "inputs" / "tiny.txt").write_text(make_corpus_text(), encoding="utf-8")
+    return home
+
+
+@pytest.fixture(scope="module")
+def trained(home, tiny_overrides):
+    """One tiny run trained through the CLI: (completed process, summary dict)."""
+    result = gptui(home, "train", "--input", "tiny", "--preset", "tiny", *sets(tiny_overrides))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    return result, summary
+
+
+# --- success paths -----------------------------------------------------------------------------------------------
+
+
+def test_train_prints_a_json_summary(home, trained):
+    result, summary = trained
+    assert result.stdout.strip().count("\n") == 0, "stdout holds only the JSON summary"
+    assert summary["status"] == "completed"
+    assert summary["steps"] == 20
+    assert summary["reason"] == "reached max_iters"
+    assert summary["best_val_loss"] > 0 and summary["best_val_bpb"] > 0
+    assert {"run", "seconds", "tokens_per_sec"} <= set(summary)
+    run_dir = home / "models" / summary["run"]
+    assert {"config.json", "tokenizer.json", "model.safetensors", "checkpoint.pt", "metrics.jsonl", "train.log",
+            "state.json"} <= {p.name for p in run_dir.iterdir()}
+    assert "step 10: train" in result.stderr and "step 20: train" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_runs_table_and_json(home, trained):
+    _, summary = trained
+    table = gptui(home, "runs")
+    assert table.returncode == 0
+    assert "RUN" in table.stdout and summary["run"] in table.stdout and "completed" in table.stdout
+    listing = gptui(home, "runs", "--json")
+    assert listing.returncode == 0
+    data = json.loads(listing.stdout)
+    (entry,) = [r for r in data if r["id"] == summary["run"]]
+    assert set(entry) == {"id", "corpus", "params", "tokenizer", "steps", "best_val_loss", "val_bpb", "status",
+                          "created", "duration", "damaged"}
+    assert entry["corpus"] == "tiny" and entry["steps"] == 20 and entry["status"] == "completed"
+    assert entry["tokenizer"] == "char" and entry["damaged"] is None
+    assert entry["best_val_loss"] == pytest.approx(summary["best_val_loss"])
+
+
+def test_generate_same_seed_same_text_and_save(home, trained):
+    _, summary = trained
+    prefix = summary["run"][:15]  # date-time: unique while this module's home has one run
+    args = ["generate", "--run", prefix, "--prompt", "First Citizen:", "--seed", "1", "--max-new-tokens", "20"]
+    a = gptui(home, *args)
+    b = gptui(home, *args)
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    assert a.stdout == b.stdout
+    assert a.stdout.startswith("First Citizen:")
+    assert len(a.stdout.rstrip("\n")) >= len("First Citizen:") + 1
+
+    saved = gptui(home, *args, "--save")
+    assert saved.returncode == 0, saved.stderr
+    assert saved.stdout == a.stdout
+    files = list((home / "models" / summary["run"] / "generations").glob("*.txt"))
+    assert len(files) == 1
+    assert str(files[0].name) in saved.stderr
+    content = files[0].read_text(encoding="utf-8")
+    assert f"# run: {summary['run']}" in content
+    assert "# settings: " in content and "# time: " in content
+    assert '# prompt: "First Citizen:"' in content
+    assert content.rstrip("\n").endswith(a.stdout.rstrip("\n"))
+
+
+def test_prepare_twice_is_a_cache_hit(home):
+    args = ["prepare", "--input", "tiny", "--tokenizer", "bpe", "--vocab-size", "300"]
+    first = gptui(home, *args)
+    assert first.returncode == 0, first.stderr
+    assert "cache hit" not in first.stdout and "tokens" in first.stdout
+    second = gptui(home, *args)
+    assert second.returncode == 0, second.stderr
+    assert "cache hit" in second.stdout
+    assert first.stdout.split(";")[0] == second.stdout.split(";")[0], "same token count and tokenizer"
+
+
+def test_corpora(home):
+    result = gptui(home, "corpora")
+    assert result.returncode == 0
+    size = (home / "inputs" / "tiny.txt").stat().st_size
+    assert "tiny" in result.stdout and f"{size:,}" in result.stdout
+    data = json.loads(gptui(home, "corpora", "--json").stdout)
+    (entry,) = [c for c in data if c["name"] == "tiny"]
+    assert entry["bytes"] == size and entry["chars"] == size and entry["error"] is None
+
+
+# --- bad input: exit 2, one line, no traceback ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bad_home(tmp_path_factory, make_corpus_text) -> Path:
+    home = tmp_path_factory.mktemp("cli-bad")
+    inputs = home / "inputs"
+    inputs.mkdir()
+    (inputs / "tiny.txt").write_text(make_corpus_text(), encoding="utf-8")
+    (inputs / "latin1.txt").write_bytes(b"good text\n" * 50 + b"caf\xe9\n")
+    (inputs / "short.txt").write_text("too short\n", encoding="utf-8")
+    return home
+
+
+BAD_INPUT = {
+    "unknown corpus": (["train", "--input", "nosuch"], ["nosuch"]),
+    "n_embd not divisible by n_head": (["train", "--input", "tiny", "--set", "n_head=5"], ["divisible"]),
+    "lr not a number": (["train", "--input", "tiny", "--set", "lr=abc"], ["lr", "abc"]),
+    "unknown setting": (["train", "--input", "tiny", "--set", "n_layers=2"], ["did you mean n_layer"]),
+    "not KEY=VALUE": (["train", "--input", "tiny", "--set", "n_layer"], ["KEY=VALUE"]),
+    "unknown preset": (["train", "--input", "tiny", "--preset", "huge"], ["huge"]),
+    "non-UTF-8 corpus": (["train", "--input", "latin1"], ["latin1.txt", "offset 503"]),
+    "non-UTF-8 corpus, prepare": (["prepare", "--input", "latin1", "--tokenizer", "char"], ["offset 503"]),
+    "too-short corpus": (["train", "--input", "short", "--set", "tokenizer=char"], ["too short", "block_size"]),
+    "unknown run": (["generate", "--run", "nosuch"], ["nosuch"]),
+    "unknown resume run": (["train", "--resume", "nosuch"], ["nosuch"]),
+    "no trained runs": (["generate", "--prompt", "x"], ["no trained runs"]),
+    "unknown flag": (["train", "--bogus"], ["--bogus"]),
+    "unknown command": (["fly"], ["fly"]),
+    "bad int option": (["generate", "--max-new-tokens", "many"], ["many"]),
+    "train without input": (["train"], ["--input"]),
+    "bad vocab size": (["prepare", "--input", "tiny", "--vocab-size", "100"], ["vocab-size"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_exits_2_with_one_line(bad_home, case):
+    args, fragments = BAD_INPUT[case]
+    assert_one_line_error(gptui(bad_home, *args), 2, *fragments)
+    assert not any((bad_home / "models").glob("*/config.json")), "refused input creates no run"
+
+
+def test_non_utf8_corpus_accepted_with_replace_errors(tmp_path, tiny_overrides):
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "inputs" / "latin1.txt").write_bytes(("good text line\n" * 60).encode() + b"caf\xe9\n")
+    result = gptui(tmp_path, "train", "--input", "latin1", "--replace-errors",
+                   *sets(tiny_overrides | {"max_iters": 4, "warmup_iters": 1, "eval_interval": 4,
+                                           "sample_interval": 0}))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["status"] == "completed"
+
+
+@pytest.mark.parametrize("args,fragment", [(["--max-new-tokens", "0"], "max new tokens"),
+                                           (["--top-p", "2"], "top-p"), (["--temperature", "-1"], "temperature")])
+def test_generate_bad_sampling_settings(home, trained, args, fragment):
+    assert_one_line_error(gptui(home, "generate", "--run", trained[1]["run"], *args), 2, fragment)
+
+
+def test_home_that_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x", encoding="utf-8")
+    assert_one_line_error(gptui(f, "runs"), 2, "not a folder")
+
+
+# --- failures: exit 1 ------------------------------------------------------------------------------------------
+
+
+def test_generate_from_a_damaged_run_exits_1(tmp_path, trained, home):
+    import shutil
+
+    _, summary = trained
+    dest = tmp_path / "models" / summary["run"]
+    shutil.copytree(home / "models" / summary["run"], dest)
+    weights = dest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    line = assert_one_line_error(gptui(tmp_path, "generate", "--run", summary["run"], "--max-new-tokens", "5"), 1,
+                                 "damaged")
+    assert "model.safetensors" in line
+    listing = json.loads(gptui(tmp_path, "runs", "--json").stdout)
+    assert listing[0]["status"] == "damaged" and "model.safetensors" in listing[0]["damaged"]
+
+
+# --- ctrl-c, then resume ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigint_stops_and_resume_completes(tmp_path, make_corpus_text, tiny_overrides):
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "inputs" / "tiny.txt").write_text(make_corpus_text(), encoding="utf-8")
+    overrides = tiny_overrides | {"max_iters": 1_000_000, "sample_interval": 0}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptui", "--home", str(tmp_path), "train", "--input", "tiny", *sets(overrides)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path,
+    )
+    seen = []
+    try:
+        deadline = time.monotonic() + 120
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith("step 10: train"):
+                break
+            assert time.monotonic() < deadline, "no evaluation line within 2 minutes"
+        else:
+            pytest.fail(f"training ended before its first evaluation: {''.join(seen)}")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["status"] == "stopped"
+    assert "interrupted" in summary["reason"]
+    stopped_at = summary["steps"]
+    assert 10 <= stopped_at < 1_000_000
+    state = json.loads((tmp_path / "models" / summary["run"] / "state.json").read_text(encoding="utf-8"))
+    assert state["status"] == "stopped" and state["step"] == stopped_at
+
+    target = stopped_at + 15
+    resumed = gptui(tmp_path, "train", "--resume", summary["run"][:15], "--set", f"max_iters={target}")
+    assert resumed.returncode == 0, resumed.stderr
+    done = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert done["run"] == summary["run"]
+    assert done["status"] == "completed" and done["steps"] == target
+    metrics = [json.loads(x) for x in
+               (tmp_path / "models" / summary["run"] / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    train_steps = [m["step"] for m in metrics if m["type"] == "train"]
+    assert train_steps == sorted(set(train_steps)) and train_steps[-1] == target
+
+
+@pytest.mark.slow
+def test_max_minutes_budget_then_resume(tmp_path, make_corpus_text, tiny_overrides):
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "inputs" / "tiny.txt").write_text(make_corpus_text(), encoding="utf-8")
+    overrides = tiny_overrides | {"max_iters": 1_000_000, "sample_interval": 0, "eval_interval": 1000}
+    first = gptui(tmp_path, "train", "--input", "tiny", "--max-minutes", "0.002", *sets(overrides))
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)
+    assert summary["status"] == "completed" and "time budget" in summary["reason"]
+    assert 0 < summary["steps"] < 1_000_000
+    resumed = gptui(tmp_path, "train", "--resume", summary["run"], "--max-minutes", "0",
+                    "--set", f"max_iters={summary['steps'] + 5}")
+    assert resumed.returncode == 0, resumed.stderr
+    done = json.loads(resumed.stdout)
+    assert done["status"] == "completed" and done["steps"] == summary["steps"] + 5
+
+
+# --- engine bugs found by these tests (kept, xfail strict, until fixed) -----------------------------------------
+
+
+@pytest.mark.xfail(
+    reason="engine bug: TrainJob._setup applies resume overrides with check(apply_overrides(...)), whose "
+    "ConfigError is not a GptuiError; run() wraps it as TrainingFailed, so the CLI exits 1 with "
+    "'ConfigError: ...' instead of 2",
+    strict=True,
+)
+@pytest.mark.parametrize("value", ["abc", "0"])
+def test_resume_with_bad_set_exits_2(home, trained, value):
+    _, summary = trained
+    result = gptui(home, "train", "--resume", summary["run"], "--set", f"max_iters={value}")
+    line = assert_one_line_error(result, 2, "max_iters")
+    assert "ConfigError" not in line
+
+
+@pytest.mark.xfail(
+    reason="engine bug: a --prompt that is not valid UTF-8 (argv bytes arrive as surrogate escapes) reaches "
+    "tokenizer.encode and fails with UnicodeEncodeError: exit 1 instead of a bad-input exit 2",
+    strict=True,
+)
+def test_generate_non_utf8_prompt_exits_2(home, trained):
+    _, summary = trained
+    result = subprocess.run(
+        [sys.executable, "-m", "gptui", "--home", str(home), "generate", "--run", summary["run"],
+         "--max-new-tokens", "5", "--prompt", os.fsencode("caf\udce9")],
+        capture_output=True, text=True, timeout=120, env=ENV, cwd=home,
+    )
+    line = assert_one_line_error(result, 2, "UTF-8")
+    assert "UnicodeEncodeError" not in line
+
+
+STOP_BUG = pytest.mark.xfail(
+    reason="engine bug: cmd_generate turns --stop into text with .encode().decode('unicode_escape'), which "
+    "reads the UTF-8 bytes as Latin-1: a non-ASCII stop string like 'é' becomes 'Ã©' and never matches",
+    strict=True,
+)
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("\\n\\n", "\n\n"), ("ROMEO:", "ROMEO:"),
+    pytest.param("é", "é", marks=STOP_BUG), pytest.param("—\\n", "—\n", marks=STOP_BUG),
+])
+def test_generate_stop_string_is_passed_through(tmp_path, monkeypatch, capsys, raw, expected):
+    """In-process: the CLI's --stop parsing, with the model replaced by a stub that records the settings."""
+    import gptui.core.generate as generate
+    from gptui.cli import main
+
+    (tmp_path / "models" / "run-1").mkdir(parents=True)
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "inputs" / "x.txt").write_text("x", encoding="utf-8")
+    seen = {}
+
+    def fake_stream(loaded, prompt, settings, *a, **k):
+        seen["stop"] = settings.stop
+        yield "ok"
+
+    monkeypatch.setattr(generate, "load_model", lambda run, device="auto": object())
+    monkeypatch.setattr(generate, "stream_text", fake_stream)
+    assert main(["--home", str(tmp_path), "generate", "--run", "run-1", "--stop", raw]) == 0
+    assert seen["stop"] == expected
