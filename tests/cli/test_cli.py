@@ -176,6 +176,7 @@ BAD_INPUT = {
     "unknown command": (["fly"], ["fly"]),
     "bad int option": (["generate", "--max-new-tokens", "many"], ["many"]),
     "train without input": (["train"], ["--input"]),
+    "missing prompt file": (["generate", "--prompt-file", "nosuch.txt"], ["nosuch.txt"]),
     "bad vocab size": (["prepare", "--input", "tiny", "--vocab-size", "100"], ["vocab-size"]),
 }
 

@@ -304,3 +304,22 @@ def test_batch_sampler_reads_a_memmap(workspace, corpus):
     assert isinstance(data.tokens, np.memmap)
     x, y = BatchSampler(data.train, 32, 4, seed=0).next()
     assert x.shape == (4, 32) and int(x.max()) < data.tokenizer.vocab_size
+
+
+def test_add_corpus(workspace, tmp_path):
+    src = tmp_path / "notes.md"
+    src.write_text("some notes\n", encoding="utf-8")
+    dest = workspace.add_corpus(src)
+    assert dest == workspace.inputs / "notes.md.txt" and dest.read_text(encoding="utf-8") == "some notes\n"
+    with pytest.raises(CorpusError, match="already exists"):
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "notes.md").write_text("different\n", encoding="utf-8")
+        workspace.add_corpus(other / "notes.md")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe")
+    with pytest.raises(CorpusError, match="UTF-8"):
+        workspace.add_corpus(bad)
+    assert not (workspace.inputs / "bad.txt").exists()
+    with pytest.raises(CorpusError, match="no such file"):
+        workspace.add_corpus(tmp_path / "missing.txt")

@@ -302,6 +302,44 @@ def test_stop_before_first_eval_still_saves(workspace, corpus, tiny_config):
     assert resumed.status == "completed" and resumed.step == 20
 
 
+def test_stop_from_a_step_event_is_honoured_within_one_step(workspace, corpus, tiny_config):
+    events = []
+    job = None
+
+    def on_event(e):
+        events.append(e)
+        if isinstance(e, ev.Step) and e.step >= 10:
+            job.stop()
+
+    job = TrainJob(workspace, "tiny", tiny_config, on_event=on_event)
+    finished = job.run()
+    assert finished.status == "stopped"
+    stop_step = next(e.step for e in events if isinstance(e, ev.Step) and e.step >= 10)
+    assert finished.step == stop_step
+    assert max(e.step for e in only(events, ev.Step)) == stop_step
+
+
+def test_stop_from_another_thread(workspace, corpus, tiny_config):
+    """The TUI runs the job in a worker thread and calls stop() from its own."""
+    import threading
+
+    config = dataclasses.replace(tiny_config, max_iters=1_000_000, sample_interval=0, eval_interval=50)
+    started = threading.Event()
+    job = TrainJob(workspace, "tiny", config,
+                   on_event=lambda e: started.set() if isinstance(e, ev.Step) else None)
+    result = {}
+    worker = threading.Thread(target=lambda: result.setdefault("finished", job.run()))
+    worker.start()
+    assert started.wait(60)
+    job.stop("stop button")
+    worker.join(60)
+    assert not worker.is_alive()
+    finished = result["finished"]
+    assert finished.status == "stopped" and finished.reason == "stop button"
+    assert 0 < finished.step < 1_000_000
+    assert RunStore(workspace).resolve(finished.run_id).read_state()["status"] == "stopped"
+
+
 def test_broken_listener_does_not_kill_the_run(workspace, corpus, tiny_config):
     def on_event(e):
         raise RuntimeError("listener bug")
