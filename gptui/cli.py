@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sys
 import time
@@ -262,6 +263,10 @@ def cmd_generate(args, workspace) -> int:
             raise InputError(f"cannot read prompt file {args.prompt_file}: {getattr(exc, 'strerror', None) or exc}") from None
     else:
         prompt = args.prompt
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("the prompt is not valid UTF-8 text") from None
     if args.run:
         run = store.resolve(args.run)
     else:
@@ -273,7 +278,7 @@ def cmd_generate(args, workspace) -> int:
 
     settings = SamplingSettings(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        seed=args.seed, stop=args.stop.encode().decode("unicode_escape") if args.stop else "",
+        seed=args.seed, stop=unescape(args.stop),
     )
     settings.check()
     loaded = load_model(run, args.device)
@@ -290,6 +295,12 @@ def cmd_generate(args, workspace) -> int:
         path = save_transcript(loaded, settings, prompt, prompt + "".join(pieces), "generation")
         print(f"saved {path}", file=sys.stderr)
     return 0
+
+
+def unescape(text: str) -> str:
+    """Turn the escapes a shell user types (\\n, \\t, \\r, \\\\) into characters; leave all else as typed."""
+    table = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+    return re.sub(r"\\([ntr\\])", lambda m: table[m.group(1)], text)
 
 
 def cmd_runs(args, workspace) -> int:

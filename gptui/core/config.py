@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from gptui.core.errors import InputError
+
 GROUPS = {
     "model": "Model",
     "data": "Data and tokenizer",
@@ -70,7 +72,7 @@ class Setting:
                 raise ValueError(f"{self.name} must be a number, not {raw!r}")
             try:
                 value = float(str(raw).strip()) if not isinstance(raw, (int, float)) else float(raw)
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise ValueError(f"{self.name} must be a number, not {raw!r}") from None
             if not math.isfinite(value):
                 raise ValueError(f"{self.name} must be a finite number, not {raw!r}")
@@ -82,6 +84,8 @@ class Setting:
 
     def check(self, value: Any) -> str | None:
         """The reason `value` is out of range, or None when it is fine."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{self.name} must be a finite number"
         if self.choices is not None and value not in self.choices:
             return f"{self.name} must be one of {', '.join(self.choices)}"
         if self.min is not None:
@@ -186,7 +190,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """One or more settings are invalid; `problems` maps setting name to reason."""
 
     def __init__(self, problems: dict[str, str]):
