@@ -33,7 +33,8 @@ def home(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def write_fake_run(home: Path, run_id: str = FAKE_RUN, *, steps: int = 200, seed: int = 0) -> Path:
+def write_fake_run(home: Path, run_id: str = FAKE_RUN, *, steps: int = 200, seed: int = 0,
+                   created: str = "2024-01-02T03:04:05") -> Path:
     """A completed run folder with fixed config, state, metrics and log; its weights file holds only a
     header (enough for the run to count as loadable in listings)."""
     from gptui.core.config import Config, config_to_dict
@@ -45,7 +46,7 @@ def write_fake_run(home: Path, run_id: str = FAKE_RUN, *, steps: int = 200, seed
     (run / "config.json").write_text(json.dumps({
         "settings": settings, "corpus": "small", "corpus_sha256": "0" * 64, "corpus_bytes": SMALL_CORPUS_CHARS,
         "vocab_size": len(chars), "params": 12_345, "gptui_version": "0.1.0", "torch_version": "2.x",
-        "created": "2024-01-02T03:04:05",
+        "created": created,
     }))
     (run / "state.json").write_text(json.dumps({
         "status": "completed", "step": steps, "best_val_loss": 2.1234 + seed / 10, "best_val_bpb": 3.0635 + seed / 10,

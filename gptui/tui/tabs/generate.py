@@ -16,7 +16,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.validation import Integer, Number
-from textual.widgets import Button, Input, Label, Select, Static, Switch
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from gptui.core.errors import GptuiError
@@ -92,7 +92,8 @@ class GenerateTab(Vertical):
                                      placeholder="random")
             yield from self._setting("stop at", "gen-stop", "", [], placeholder="text (\\n: newline)")
             yield Label("context", classes="gen-label")
-            yield Switch(False, id="gen-context", tooltip="Feed the whole conversation so far as context")
+            yield Checkbox("whole chat", False, id="gen-context", compact=True,
+                           tooltip="Feed the whole conversation so far as context, not just the new prompt")
         with VerticalScroll(id="gen-transcript"):
             yield Static("Type a prompt below and press Enter; the model continues it.", id="gen-empty")
         with Horizontal(id="gen-input-row"):
@@ -169,7 +170,7 @@ class GenerateTab(Vertical):
             return
         prompt_input = self.query_one("#gen-prompt", Input)
         prompt = prompt_input.value.replace("\\n", "\n")
-        context = self.conversation_text() if self.query_one("#gen-context", Switch).value else ""
+        context = self.conversation_text() if self.query_one("#gen-context", Checkbox).value else ""
         prompt_input.value = ""
         self.last_settings = settings
         self._add_turn(Turn("You", prompt or "(empty prompt)"))
@@ -307,7 +308,7 @@ class GenerateTab(Vertical):
             "time": datetime.now().isoformat(timespec="seconds"),
             "settings": json.dumps(self.last_settings),
             "prompt": json.dumps(prompts[0] if len(prompts) == 1 else prompts),
-            "context": "whole conversation" if self.query_one("#gen-context", Switch).value else "each prompt alone",
+            "context": "whole conversation" if self.query_one("#gen-context", Checkbox).value else "each prompt alone",
         }
         body = "\n\n".join(f"### {t.who}\n{t.text}" for t in self.turns)
         try:

@@ -24,10 +24,13 @@ from gptui.tui.widgets.modals import ConfirmModal, TextPromptModal
 POLL_SECONDS = 3.0  # how often models/ is looked at again, for runs started elsewhere
 
 COLUMNS: list[tuple[str, str]] = [
-    ("mark", " "), ("id", "run"), ("corpus", "corpus"), ("params", "params"), ("tokenizer", "tokenizer"),
+    ("id", "run"), ("corpus", "corpus"), ("params", "params"), ("tokenizer", "tokenizer"),
     ("steps", "steps"), ("best_val_loss", "val loss"), ("val_bpb", "val bpb"), ("status", "status"),
     ("created", "date"), ("duration", "time"),
 ]
+ID_WIDTH = 30  # longer ids are cut in the table (the detail pane names the whole id), so 120 columns fit all
+CORPUS_WIDTH = 12
+MARK = "●"
 RESUMABLE = ("stopped", "interrupted", "failed")
 
 
@@ -85,9 +88,10 @@ class RunsTab(Vertical):
         self._detail_key: Any = None  # what the detail pane shows, to reload it only when that changes
 
     def compose(self) -> ComposeResult:
-        table: DataTable = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        # one space between columns instead of DataTable's two, so that every column fits in 120 cells
+        table: DataTable = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True, cell_padding=0)
         for key, label in COLUMNS:
-            table.add_column(label, key=key)
+            table.add_column(f"{label} ", key=key)
         yield table
         with Horizontal(id="runs-actions"):
             yield Button("Generate", id="runs-generate", compact=True, variant="primary")
@@ -138,20 +142,19 @@ class RunsTab(Vertical):
             table.add_row(*self._cells(info), key=info.id)
         if current is not None and current in table.rows:
             table.move_cursor(row=table.get_row_index(current), animate=False)
-        table.columns["mark"].label = Text("●" if self.marked else " ")
         for key, label in COLUMNS:
-            arrow = (" ▼" if self.sort_reverse else " ▲") if key == self.sort_column else ""
-            if key != "mark":
-                table.columns[key].label = Text(label + arrow)
+            arrow = ("▼" if self.sort_reverse else "▲") if key == self.sort_column else ""
+            table.columns[key].label = Text(f"{'  ' if key == 'id' else ''}{label}{arrow} ")
 
     def _cells(self, info: RunInfo) -> list[Any]:
-        status = Text(info.status, style={"running": "bold green", "damaged": "red", "failed": "red",
-                                          "interrupted": "yellow"}.get(info.status, ""))
+        status = Text(info.status + " ", style={"running": "bold green", "damaged": "red", "failed": "red",
+                                                "interrupted": "yellow"}.get(info.status, ""))
+        mark = Text(f"{MARK} " if info.id in self.marked else "  ", style="bold")
         return [
-            "●" if info.id in self.marked else " ", info.id, info.corpus,
-            human_number(info.params) if info.params else "—", info.tokenizer, f"{info.steps:,}",
-            loss_text(info.best_val_loss), loss_text(info.val_bpb), status, info.created.replace("T", " ")[:16],
-            human_duration(info.duration),
+            mark + _cut(info.id, ID_WIDTH) + " ", _cut(info.corpus, CORPUS_WIDTH) + " ",
+            (human_number(info.params) if info.params else "—") + " ", info.tokenizer + " ", f"{info.steps:,} ",
+            loss_text(info.best_val_loss) + " ", loss_text(info.val_bpb) + " ", status,
+            _short_date(info.created) + " ", human_duration(info.duration),
         ]
 
     @property
@@ -176,8 +179,6 @@ class RunsTab(Vertical):
     def _header(self, event: DataTable.HeaderSelected) -> None:
         event.stop()
         column = str(event.column_key.value)
-        if column == "mark":
-            return
         self.sort_reverse = not self.sort_reverse if column == self.sort_column else column in (
             "created", "steps", "params", "duration")
         self.sort_column = column
@@ -185,7 +186,7 @@ class RunsTab(Vertical):
 
     def action_sort(self) -> None:
         """Cycle the sort through the columns (a click on a header does the same for that column)."""
-        keys = [k for k, _ in COLUMNS if k != "mark"]
+        keys = [k for k, _ in COLUMNS]
         self.sort_column = keys[(keys.index(self.sort_column) + 1) % len(keys)]
         self.sort_reverse = self.sort_column in ("created", "steps", "params", "duration")
         self._fill_table()
@@ -262,8 +263,7 @@ class RunsTab(Vertical):
             return
         self.marked ^= {info.id}
         table = self.query_one("#runs-table", DataTable)
-        table.update_cell(info.id, "mark", "●" if info.id in self.marked else " ")
-        table.columns["mark"].label = Text("●" if self.marked else " ")
+        table.update_cell(info.id, "id", self._cells(info)[0])
         self._show_detail()
 
     def action_generate(self) -> None:
@@ -321,6 +321,15 @@ class RunsTab(Vertical):
                          yes="Delete", danger=True),
             confirmed,
         )
+
+
+def _cut(text: str, width: int) -> Text:
+    return Text(text if len(text) <= width else text[: width - 1] + "…")
+
+
+def _short_date(created: str) -> str:
+    """'2024-01-02T03:04:05' -> '01-02 03:04' (the year is in the Settings pane)."""
+    return created[5:16].replace("T", " ") if len(created) >= 16 else created
 
 
 def _metrics(run: Run) -> list[dict]:

@@ -12,7 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.validation import ValidationResult, Validator
 from textual.widget import Widget
-from textual.widgets import Input, Label, Select, Static, Switch
+from textual.widgets import Checkbox, Input, Label, Select, Static
 
 from gptui.core.config import Setting
 
@@ -67,7 +67,7 @@ class SettingField(Vertical):
     def _make_editor(self, value: Any) -> Widget:
         s = self.setting
         if s.type is bool:
-            return Switch(bool(value), classes="field-editor")
+            return Checkbox("on", bool(value), compact=True, classes="field-editor")
         if s.choices:
             return Select([(c, c) for c in s.choices], value=value, allow_blank=False, compact=True,
                           classes="field-editor")
@@ -83,7 +83,7 @@ class SettingField(Vertical):
     def raw(self) -> Any:
         """What the user entered: a string for text fields, a bool for switches, the choice for selects."""
         editor = self.editor
-        if isinstance(editor, Switch):
+        if isinstance(editor, Checkbox):
             return editor.value
         if isinstance(editor, Select):
             return editor.value if editor.value is not Select.NULL else self.setting.default
@@ -91,13 +91,18 @@ class SettingField(Vertical):
 
     @raw.setter
     def raw(self, value: Any) -> None:
+        """Set from above (a preset, a mirrored field): no Changed message, so two views of one setting
+        never echo each other; whoever sets values revalidates itself."""
         editor = self.editor
-        if isinstance(editor, Input):
-            text = format_value(self.setting, value)
-            if editor.value != text:
-                editor.value = text
-        elif editor.value != value:
-            editor.value = value
+        with self.prevent(Input.Changed, Select.Changed, Checkbox.Changed):
+            if isinstance(editor, Input):
+                text = format_value(self.setting, value)
+                if editor.value != text:
+                    editor.value = text
+            elif isinstance(editor, Checkbox):
+                editor.value = self.setting.parse(value)
+            elif editor.value != value:
+                editor.value = value
 
     def show_error(self, reason: str | None) -> None:
         self.set_class(bool(reason), "-invalid")
@@ -111,6 +116,6 @@ class SettingField(Vertical):
         event.stop()
         self.post_message(self.Changed(self))
 
-    def on_switch_changed(self, event: Switch.Changed) -> None:
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
         event.stop()
         self.post_message(self.Changed(self))

@@ -1,0 +1,144 @@
+"""The Runs tab's actions over prebuilt run folders, a run appearing from elsewhere, and quitting mid-training."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from textual.widgets import DataTable, Input, TabbedContent
+
+from gptui.core.runs import RunStore
+from gptui.core.workspace import Workspace
+from gptui.tui.app import make_app
+from gptui.tui.widgets.loss_plot import LossPlot
+from gptui.tui.widgets.modals import ConfirmModal, TextPromptModal
+from tests.functional.conftest import FAKE_RUN, TINY, wait_for, write_fake_run
+
+
+def test_runs_mark_overlay_sort_rename_delete(home: Path) -> None:
+    write_fake_run(home)
+    write_fake_run(home, "20240105-000000-small-other", seed=3, created="2024-01-05T00:00:00")
+
+    async def go() -> None:
+        app = make_app(home, poll=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("f5")
+            runs = app.runs_tab
+            table = app.query_one("#runs-table", DataTable)
+            await wait_for(pilot, lambda: table.row_count == 2, "two runs listed")
+            # newest first, and the Generate tab picked the newest too
+            assert table.coordinate_to_cell_key((0, 0)).row_key.value == "20240105-000000-small-other"
+            assert app.generate_tab.run_id == "20240105-000000-small-other"
+            plot = app.query_one("#runs-plot", LossPlot)
+            await wait_for(pilot, lambda: plot.point_count("val") == 4, "the run's curves")
+
+            # mark both: their validation curves are overlaid
+            table.focus()
+            await pilot.press("space", "down", "space")
+            await wait_for(pilot, lambda: set(plot.series) == {FAKE_RUN[-24:], "20240105-000000-small-other"[-24:]},
+                           "the overlay of two runs")
+            assert "marked" in plot.title
+
+            # "s" cycles the sort column; by val loss (ascending) the better run, FAKE_RUN, comes first
+            for _ in range(12):
+                if runs.sort_column == "best_val_loss":
+                    break
+                await pilot.press("s")
+            assert runs.sort_column == "best_val_loss" and not runs.sort_reverse
+            assert table.coordinate_to_cell_key((0, 0)).row_key.value == FAKE_RUN
+            assert "▲" in str(table.columns["best_val_loss"].label)
+
+            # rename through the modal
+            table.move_cursor(row=0)
+            await pilot.press("n")
+            assert isinstance(app.screen, TextPromptModal)
+            app.screen.query_one(Input).value = "my best model"
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: "my-best-model" in table.rows, "the renamed run")
+            assert (home / "models" / "my-best-model" / "config.json").is_file()
+
+            # delete asks first; Cancel keeps it, Delete removes it
+            table.move_cursor(row=table.get_row_index("my-best-model"))
+            await pilot.press("d")
+            assert isinstance(app.screen, ConfirmModal)
+            await pilot.press("escape")
+            assert (home / "models" / "my-best-model").is_dir()
+            await pilot.press("d")
+            await pilot.click("#yes")
+            await wait_for(pilot, lambda: "my-best-model" not in table.rows, "the deleted run gone")
+            assert not (home / "models" / "my-best-model").exists()
+
+            # a completed run cannot be resumed: a notice, not a crash
+            await pilot.press("r")
+            await pilot.pause()
+            assert any("Cannot resume" in n.message for n in app._notifications)
+
+    asyncio.run(go())
+
+
+def test_a_run_started_elsewhere_shows_up_and_is_watched(home: Path) -> None:
+    async def go() -> None:
+        app = make_app(home, poll=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("f5")
+            table = app.query_one("#runs-table", DataTable)
+            await app.workers.wait_for_complete()
+            assert table.row_count == 0
+            run = write_fake_run(home, "20240106-000000-cli")
+            state = json.loads((run / "state.json").read_text())
+            import os
+            import time
+
+            state.update(status="running", step=100, pid=os.getpid(), heartbeat=time.time())
+            (run / "state.json").write_text(json.dumps(state))
+            app.runs_tab.poll()  # what the set_interval timer does every few seconds
+            await wait_for(pilot, lambda: "20240106-000000-cli" in table.rows, "the CLI run listed")
+            assert app.runs_tab.info("20240106-000000-cli").status == "running"
+            state["step"] = 150
+            (run / "state.json").write_text(json.dumps(state))
+            app.runs_tab.poll()
+            await wait_for(pilot, lambda: app.runs_tab.info("20240106-000000-cli").steps == 150, "progress")
+            assert table.get_cell("20240106-000000-cli", "steps").strip() == "150"
+
+    asyncio.run(go())
+
+
+def test_quitting_while_training_asks_then_stops_and_saves(home: Path) -> None:
+    async def go() -> None:
+        app = make_app(home, poll=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            app.model_tab.set_values({**TINY, "max_iters": 100_000})
+            await pilot.press("ctrl+t")
+            tab = app.train_tab
+            await wait_for(pilot, lambda: tab.run_id is not None and tab.stats.get("loss", "—") != "—",
+                           "training to run")
+            await pilot.press("ctrl+q")
+            await pilot.pause()
+            assert isinstance(app.screen, ConfirmModal)
+            await pilot.press("escape")  # changed my mind: training goes on
+            await pilot.pause()
+            assert tab.running
+            await pilot.press("ctrl+q")
+            await pilot.pause()
+            await pilot.click("#yes")
+            await wait_for(pilot, lambda: not app.is_running, "the app to exit", tries=900)
+            return tab.run_id
+
+    run_id = asyncio.run(go())
+    run = RunStore(Workspace(home)).resolve(run_id)
+    assert run.read_state()["status"] == "stopped"
+    assert run.file("checkpoint.pt").is_file()
+
+
+def test_tab_keys_switch_tabs(home: Path) -> None:
+    async def go() -> None:
+        app = make_app(home, poll=False)
+        async with app.run_test(size=(80, 24)) as pilot:
+            tabs = app.query_one("#tabs", TabbedContent)
+            for key, name in zip(("f2", "f3", "f4", "f5", "f1"), ("model", "train", "generate", "runs", "corpus"),
+                                 strict=True):
+                await pilot.press(key)
+                assert tabs.active == name
+
+    asyncio.run(go())
