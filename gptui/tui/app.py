@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
+from textual.lazy import Lazy
 from textual.screen import Screen
 from textual.widgets import Footer, TabbedContent, TabPane
 
+from gptui.core.config import Config
+from gptui.core.runs import RunInfo
 from gptui.core.workspace import Workspace
 from gptui.tui.tabs.corpus import TOKENIZER_SETTINGS, CorpusTab
 from gptui.tui.tabs.generate import GenerateTab
@@ -22,6 +26,7 @@ from gptui.tui.tabs.runs import RunsTab
 from gptui.tui.tabs.train import TrainTab
 from gptui.tui.widgets.modals import ConfirmModal
 
+T = TypeVar("T")
 TABS = ("corpus", "model", "train", "generate", "runs")
 FOCUS_ON_SHOW = {
     "corpus": "#corpus-table", "model": "#preset", "train": "#train-start", "generate": "#gen-prompt",
@@ -30,7 +35,7 @@ FOCUS_ON_SHOW = {
 
 
 class GptuiApp(App[None]):
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute, so subclasses elsewhere find it too
     TITLE = "gptui"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
@@ -52,24 +57,36 @@ class GptuiApp(App[None]):
         super().__init__()
         self.workspace = workspace.ensure()
         self.poll = poll  # tests switch the models/ polling off to keep things deterministic
+        # what the tabs share, kept here and handed down (a tab may mount after the message that changed it)
+        self.corpus: str | None = None
+        self.config: Config | None = None
+        self.problems: dict[str, str] = {}
+        self.run_infos: list[RunInfo] | None = None
 
     def compose(self) -> ComposeResult:
+        # The hidden tabs mount just after the first frame (Lazy): the Corpus tab shows sooner, and until a
+        # tab is mounted the app keeps what it would hand down to it (see _hand_down).
         with TabbedContent(initial="corpus", id="tabs"):
             with TabPane("F1 Corpus", id="corpus"):
                 yield CorpusTab(self.workspace, id="corpus-tab")
             with TabPane("F2 Model", id="model"):
-                yield ModelTab(id="model-tab")
+                yield Lazy(ModelTab(id="model-tab"))
             with TabPane("F3 Train", id="train"):
-                yield TrainTab(self.workspace, id="train-tab")
+                yield Lazy(TrainTab(self.workspace, id="train-tab"))
             with TabPane("F4 Generate", id="generate"):
-                yield GenerateTab(self.workspace, id="generate-tab")
+                yield Lazy(GenerateTab(self.workspace, id="generate-tab"))
             with TabPane("F5 Runs", id="runs"):
-                yield RunsTab(self.workspace, id="runs-tab", poll=self.poll)
+                yield Lazy(RunsTab(self.workspace, id="runs-tab", poll=self.poll))
         yield Footer()
 
     def on_mount(self) -> None:
         self.sub_title = str(self.workspace.home)
         self.query_one("#corpus-table").focus()
+
+    @property
+    def tabs_mounted(self) -> bool:
+        """True once the lazily mounted tabs are all in place (a moment after the first frame)."""
+        return all(self._mounted(t) is not None for t in (ModelTab, TrainTab, GenerateTab, RunsTab))
 
     # --- the tabs, by name -----------------------------------------------------------------------------------
 
@@ -104,24 +121,42 @@ class GptuiApp(App[None]):
 
     # --- messages up, attributes down ------------------------------------------------------------------------
 
+    def _mounted(self, tab_type: type[T]) -> T | None:
+        return next(iter(self.query(tab_type)), None)
+
+    def _hand_down(self) -> None:
+        """Give every mounted tab the shared state it shows."""
+        if (train := self._mounted(TrainTab)) is not None:
+            train.update_inputs(self.corpus, self.config, self.problems)
+        if (generate := self._mounted(GenerateTab)) is not None and self.run_infos is not None:
+            generate.set_runs(self.run_infos)
+
+    def on_train_tab_ready(self, message: TrainTab.Ready) -> None:
+        self._hand_down()
+
+    def on_generate_tab_ready(self, message: GenerateTab.Ready) -> None:
+        self._hand_down()
+
     def on_corpus_tab_selected(self, message: CorpusTab.Selected) -> None:
-        train = self.train_tab
-        train.update_inputs(message.name, train.config, train.problems)
+        self.corpus = message.name
+        self._hand_down()
 
     def on_corpus_tab_tokenizer_changed(self, message: CorpusTab.TokenizerChanged) -> None:
-        self.model_tab.set_values(message.values)
+        if (model := self._mounted(ModelTab)) is not None:
+            model.set_values(message.values)
 
     def on_model_tab_config_changed(self, message: ModelTab.ConfigChanged) -> None:
         self.corpus_tab.set_tokenizer_values({k: message.values[k] for k in TOKENIZER_SETTINGS})
-        train = self.train_tab
-        train.update_inputs(train.corpus, message.config, message.problems)
+        self.config, self.problems = message.config, message.problems
+        self._hand_down()
 
     def on_train_tab_run_changed(self, message: TrainTab.RunChanged) -> None:
         self.runs_tab.poll()
         self.corpus_tab.refresh_cache_status()
 
     def on_runs_tab_listed(self, message: RunsTab.Listed) -> None:
-        self.generate_tab.set_runs(message.infos)
+        self.run_infos = message.infos
+        self._hand_down()
 
     def on_runs_tab_open_in_generate(self, message: RunsTab.OpenInGenerate) -> None:
         self.action_show_tab("generate")

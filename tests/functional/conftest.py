@@ -87,3 +87,8 @@ async def wait_for(pilot, condition: Callable[[], bool], what: str, tries: int =
             return
         await pilot.pause(step)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+async def started(pilot) -> None:
+    """Wait for the tabs that mount just after the first frame."""
+    await wait_for(pilot, lambda: pilot.app.tabs_mounted, "every tab to mount")

@@ -10,13 +10,14 @@ from textual.widgets import DataTable, Input, Select
 
 from gptui.tui.app import make_app
 from gptui.tui.widgets.setting_field import SettingField
-from tests.functional.conftest import wait_for
+from tests.functional.conftest import started, wait_for
 
 
 def test_invalid_values_block_start_with_a_reason(home: Path) -> None:
     async def go() -> None:
         app = make_app(home, poll=False)
         async with app.run_test(size=(120, 40)) as pilot:
+            await started(pilot)
             await pilot.press("f2")
             # typed by hand into the field, as a person would: 0 layers is out of range
             field = app.model_tab.field("n_layer")
@@ -24,7 +25,7 @@ def test_invalid_values_block_start_with_a_reason(home: Path) -> None:
             editor.focus()
             await pilot.press("backspace", "0")
             await pilot.pause()
-            assert "n_layer must be at least 1" in str(field.query_one(".field-error").content)
+            assert "n_layer must be at least 1" in str(field.query_one(".field-note").content)
             assert field.has_class("-invalid") and editor.has_class("-invalid")
             # a cross-field rule: n_embd must divide by n_head
             app.model_tab.set_values({"n_layer": 2, "n_embd": 100, "n_head": 3})
@@ -54,6 +55,7 @@ def test_first_start_selects_the_sample_and_never_loads_torch(tmp_path: Path) ->
     async def go() -> None:
         app = make_app(tmp_path / "fresh", poll=False)
         async with app.run_test(size=(120, 40)) as pilot:
+            await started(pilot)
             await pilot.pause()
             assert app.corpus_tab.corpus == "tinyshakespeare"
             assert "First Citizen" in str(app.corpus_tab.query_one("#corpus-preview").content)
@@ -76,6 +78,7 @@ def test_tokenizer_choice_is_shared_and_prepare_fills_the_cache(home: Path) -> N
     async def go() -> None:
         app = make_app(home, poll=False)
         async with app.run_test(size=(120, 40)) as pilot:
+            await started(pilot)
             corpus = app.corpus_tab
             corpus.query_one("#corpus-set-tokenizer", SettingField).query_one(Select).value = "char"
             await pilot.pause()
@@ -100,6 +103,7 @@ def test_adding_a_file_by_path(home: Path, tmp_path_factory) -> None:
     async def go() -> None:
         app = make_app(home, poll=False)
         async with app.run_test(size=(120, 40)) as pilot:
+            await started(pilot)
             path = app.query_one("#corpus-path", Input)
             path.focus()
             path.value = str(outside / "missing.txt")

@@ -13,7 +13,7 @@ from gptui.core.workspace import Workspace
 from gptui.tui.app import make_app
 from gptui.tui.widgets.loss_plot import LossPlot
 from gptui.tui.widgets.modals import ConfirmModal, TextPromptModal
-from tests.functional.conftest import FAKE_RUN, TINY, wait_for, write_fake_run
+from tests.functional.conftest import FAKE_RUN, TINY, started, wait_for, write_fake_run
 
 
 def test_runs_mark_overlay_sort_rename_delete(home: Path) -> None:
@@ -23,6 +23,7 @@ def test_runs_mark_overlay_sort_rename_delete(home: Path) -> None:
     async def go() -> None:
         app = make_app(home, poll=False)
         async with app.run_test(size=(120, 40)) as pilot:
+            await started(pilot)
             await pilot.press("f5")
             runs = app.runs_tab
             table = app.query_one("#runs-table", DataTable)
@@ -81,6 +82,7 @@ def test_a_run_started_elsewhere_shows_up_and_is_watched(home: Path) -> None:
     async def go() -> None:
         app = make_app(home, poll=False)
         async with app.run_test(size=(120, 40)) as pilot:
+            await started(pilot)
             await pilot.press("f5")
             table = app.query_one("#runs-table", DataTable)
             await app.workers.wait_for_complete()
@@ -108,6 +110,7 @@ def test_quitting_while_training_asks_then_stops_and_saves(home: Path) -> None:
     async def go() -> None:
         app = make_app(home, poll=False)
         async with app.run_test(size=(120, 40)) as pilot:
+            await started(pilot)
             app.model_tab.set_values({**TINY, "max_iters": 100_000})
             await pilot.press("ctrl+t")
             tab = app.train_tab
@@ -135,6 +138,7 @@ def test_tab_keys_switch_tabs(home: Path) -> None:
     async def go() -> None:
         app = make_app(home, poll=False)
         async with app.run_test(size=(80, 24)) as pilot:
+            await started(pilot)
             tabs = app.query_one("#tabs", TabbedContent)
             for key, name in zip(("f2", "f3", "f4", "f5", "f1"), ("model", "train", "generate", "runs", "corpus"),
                                  strict=True):

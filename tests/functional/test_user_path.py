@@ -12,7 +12,7 @@ from gptui.core.runs import RunStore
 from gptui.core.workspace import Workspace
 from gptui.tui.app import make_app
 from gptui.tui.widgets.loss_plot import LossPlot
-from tests.functional.conftest import TINY, wait_for
+from tests.functional.conftest import TINY, started, wait_for
 
 
 def test_train_stop_resume_find_generate_save(home: Path) -> None:
@@ -22,6 +22,7 @@ def test_train_stop_resume_find_generate_save(home: Path) -> None:
 async def _user_path(home: Path) -> None:
     app = make_app(home, poll=False)
     async with app.run_test(size=(120, 40)) as pilot:
+        await started(pilot)
         # the corpus: the only one is selected
         assert app.corpus_tab.corpus == "small"
         assert app.train_tab.corpus == "small"

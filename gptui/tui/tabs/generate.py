@@ -45,6 +45,9 @@ class Turn(Static):
 
 
 class GenerateTab(Vertical):
+    class Ready(Message):
+        """Mounted (lazily, after the first frame): the app hands down what this tab shows."""
+
     BINDINGS = [
         Binding("ctrl+s", "stop", "Stop generating"),
         Binding("ctrl+l", "clear", "Clear"),
@@ -102,6 +105,9 @@ class GenerateTab(Vertical):
             yield Button("Stop", id="gen-stop-button", variant="error", compact=True, disabled=True)
             yield Button("Clear", id="gen-clear", compact=True)
             yield Button("Save", id="gen-save", compact=True)
+
+    def on_mount(self) -> None:
+        self.post_message(self.Ready())
 
     def _setting(self, label: str, id: str, value: str, validators, type_: str = "text", placeholder: str = ""):
         yield Label(label, classes="gen-label")

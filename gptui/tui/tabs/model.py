@@ -63,14 +63,15 @@ class ModelTab(Vertical):
                         yield SettingField(setting, getattr(initial, setting.name))
 
     def on_mount(self) -> None:
+        self._fields = {f.setting.name: f for f in self.query(SettingField)}  # fixed after compose
         self.revalidate()
 
     @property
     def fields(self) -> list[SettingField]:
-        return list(self.query(SettingField))
+        return list(self._fields.values())
 
     def field(self, name: str) -> SettingField:
-        return self.query_one(f"#set-{name}", SettingField)
+        return self._fields[name]
 
     def set_values(self, values: dict[str, Any]) -> None:
         """Put values into fields (from a preset, or mirrored from the Corpus tab); revalidates."""

@@ -28,6 +28,9 @@ LOG_LINES = 400
 
 
 class TrainTab(Vertical):
+    class Ready(Message):
+        """Mounted (lazily, after the first frame): the app hands down what this tab shows."""
+
     class EngineEvent(Message):
         """An event from the trainer thread, delivered on the UI thread."""
 
@@ -85,6 +88,7 @@ class TrainTab(Vertical):
         self.stats: dict[str, str] = {}
         self._reset_stats()
         self.update_inputs(self.corpus, self.config, self.problems)
+        self.post_message(self.Ready())
 
     # --- what the other tabs hand down ------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
-"""One form row generated from a `Setting` declaration: its name, an editor that fits its type, its range and
-help, and a line for the reason its value is refused. The Model form and the Corpus tab's tokenizer controls
-are both built from these, so a setting is described in one place (gptui.core.config)."""
+"""One form row generated from a `Setting` declaration: its name, an editor that fits its type, and a note
+with its range and help text, or the reason its value is refused. The Model form and the Corpus tab's tokenizer
+controls are both built from these, so a setting is described in one place (gptui.core.config)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal
 from textual.message import Message
 from textual.validation import ValidationResult, Validator
 from textual.widget import Widget
@@ -33,13 +33,16 @@ class SettingValidator(Validator):
 
 
 def format_value(setting: Setting, value: Any) -> str:
-    if setting.type is float:
+    if setting.type is float and isinstance(value, (int, float)):
         return f"{value:g}"
     return str(value)
 
 
-class SettingField(Vertical):
-    """Posts `SettingField.Changed` when the user edits; the parent sets `.value` and `.error` from above."""
+class SettingField(Horizontal):
+    """Posts `SettingField.Changed` when the user edits; the parent sets `.raw` and `show_error` from above.
+
+    Kept to four widgets (row, name, editor, note): the Model form has thirty of these and each widget costs
+    start-up time."""
 
     class Changed(Message):
         def __init__(self, field: SettingField) -> None:
@@ -54,15 +57,16 @@ class SettingField(Vertical):
         super().__init__(id=f"{id_prefix}-{setting.name}", classes="setting-field")
         self.setting = setting
         self._initial = value
+        self._last: Any = None  # the raw value last seen, so only real edits are announced
+        self.error: str | None = None
 
     def compose(self) -> ComposeResult:
-        s = self.setting
-        with Horizontal(classes="field-row"):
-            yield Label(s.name, classes="field-name")
-            yield self._make_editor(self._initial)
-            yield Label(Text(s.range_text), classes="field-range")
-            yield Static(Text(s.help), classes="field-help")
-        yield Static("", classes="field-error")
+        yield Label(self.setting.name, classes="field-name")
+        yield self._make_editor(self._initial)
+        yield Static(self._note(), classes="field-note")
+
+    def on_mount(self) -> None:
+        self._last = self.raw
 
     def _make_editor(self, value: Any) -> Widget:
         s = self.setting
@@ -72,8 +76,19 @@ class SettingField(Vertical):
             return Select([(c, c) for c in s.choices], value=value, allow_blank=False, compact=True,
                           classes="field-editor")
         return Input(format_value(s, value), type="integer" if s.type is int else "text",
-                     validators=[SettingValidator(s)], compact=True, classes="field-editor",
-                     tooltip=s.help)
+                     validators=[SettingValidator(s)], compact=True, classes="field-editor")
+
+    def _note(self) -> Text:
+        s = self.setting
+        text = Text()
+        if self.error:
+            text.append(f"✗ {self.error}", style="bold red")
+            return text
+        if s.range_text:
+            text.append(s.range_text, style="bold")
+            text.append("  ")
+        text.append(s.help)
+        return text
 
     @property
     def editor(self) -> Widget:
@@ -81,7 +96,7 @@ class SettingField(Vertical):
 
     @property
     def raw(self) -> Any:
-        """What the user entered: a string for text fields, a bool for switches, the choice for selects."""
+        """What the user entered: a string for text fields, a bool for checkboxes, the choice for selects."""
         editor = self.editor
         if isinstance(editor, Checkbox):
             return editor.value
@@ -103,19 +118,29 @@ class SettingField(Vertical):
                 editor.value = self.setting.parse(value)
             elif editor.value != value:
                 editor.value = value
+        self._last = self.raw
 
     def show_error(self, reason: str | None) -> None:
+        if reason == self.error:
+            return
+        self.error = reason
         self.set_class(bool(reason), "-invalid")
-        self.query_one(".field-error", Static).update(Text(f"✗ {reason}") if reason else "")
+        self.query_one(".field-note", Static).update(self._note())
+
+    def _edited(self) -> None:
+        raw = self.raw
+        if raw != self._last:  # editors also announce their first value on mount: not an edit
+            self._last = raw
+            self.post_message(self.Changed(self))
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
-        self.post_message(self.Changed(self))
+        self._edited()
 
     def on_select_changed(self, event: Select.Changed) -> None:
         event.stop()
-        self.post_message(self.Changed(self))
+        self._edited()
 
     def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
         event.stop()
-        self.post_message(self.Changed(self))
+        self._edited()

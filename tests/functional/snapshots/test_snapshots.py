@@ -11,7 +11,7 @@ from textual.widgets import Input
 from gptui.core import events as ev
 from gptui.tui.app import GptuiApp, make_app
 from gptui.tui.widgets.loss_plot import LossPlot
-from tests.functional.conftest import FAKE_RUN, write_fake_run
+from tests.functional.conftest import FAKE_RUN, started, write_fake_run
 
 SIZE = (120, 40)
 
@@ -25,6 +25,7 @@ def app(home: Path) -> GptuiApp:
 async def settle(pilot) -> None:
     """Let workers (listing, cache status) finish and every plot draw its latest data."""
     app = pilot.app
+    await started(pilot)
     await app.workers.wait_for_complete()
     await pilot.pause()
     for plot in app.query(LossPlot):
