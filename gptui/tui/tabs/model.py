@@ -55,7 +55,7 @@ class ModelTab(Vertical):
                          compact=True, id="preset")
             yield Static(id="model-estimates")
         yield Static(id="model-status")
-        with VerticalScroll(id="model-form"):
+        with VerticalScroll(id="model-form", can_focus=False):  # Tab goes field to field
             for group, title in GROUPS.items():
                 yield Static(title, classes="group-title")
                 for setting in SETTINGS:

@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
-from textual.widgets import Button, DataTable, Log, Static, TabbedContent, TabPane
+from textual.widgets import Button, DataTable, RichLog, Static, TabbedContent, TabPane
 
 from gptui.core.errors import GptuiError
 from gptui.core.runs import Run, RunInfo, RunStore
@@ -106,7 +106,7 @@ class RunsTab(Vertical):
                 with VerticalScroll():
                     yield Static(id="runs-settings")
             with TabPane("Log", id="runs-log-pane"):
-                yield Log(id="runs-log", max_lines=2000)
+                yield RichLog(id="runs-log", max_lines=2000, wrap=True)
 
     def on_mount(self) -> None:
         self.poll()
@@ -204,7 +204,7 @@ class RunsTab(Vertical):
         if run_id is None:
             self.query_one("#runs-plot", LossPlot).clear("no runs yet: train one on the Train tab")
             self.query_one("#runs-settings", Static).update("")
-            self.query_one("#runs-log", Log).clear()
+            self.query_one("#runs-log", RichLog).clear()
             return
         self._load_detail(run_id, sorted(self.marked))
 
@@ -238,9 +238,9 @@ class RunsTab(Vertical):
         for name, (xs, ys) in message.series.items():
             plot.set_series(name, xs, ys)
         self.query_one("#runs-settings", Static).update(message.settings)
-        log = self.query_one("#runs-log", Log)
+        log = self.query_one("#runs-log", RichLog)
         log.clear()
-        log.write_lines(message.log.splitlines()[-1000:])
+        log.write(Text(message.log[-100_000:]))
 
     # --- actions ---------------------------------------------------------------------------------------------
 

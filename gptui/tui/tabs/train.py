@@ -13,7 +13,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
-from textual.widgets import Button, Label, Log, ProgressBar, Static
+from textual.widgets import Button, Label, ProgressBar, RichLog, Static
 from textual.worker import Worker, WorkerState
 
 from gptui.core import events as ev
@@ -80,7 +80,7 @@ class TrainTab(Vertical):
         with Horizontal(id="train-bottom"):
             with VerticalScroll(id="train-sample-scroll"):
                 yield Static("Samples appear here as the model learns.", id="train-sample")
-            yield Log(id="train-log", max_lines=LOG_LINES)
+            yield RichLog(id="train-log", max_lines=LOG_LINES, wrap=True)
 
     def on_mount(self) -> None:
         self.query_one("#train-sample-scroll").border_title = "Latest sample"
@@ -185,7 +185,7 @@ class TrainTab(Vertical):
         self.run_id = None
         self._reset_stats()
         self.query_one("#train-plot", LossPlot).clear()
-        self.query_one("#train-log", Log).clear()
+        self.query_one("#train-log", RichLog).clear()
         self.query_one("#train-sample", Static).update("Samples appear here as the model learns.")
         self.query_one("#train-progress", ProgressBar).update(total=None, progress=0)
         self.query_one("#train-step", Label).update("starting")
@@ -259,7 +259,9 @@ class TrainTab(Vertical):
             self.query_one("#train-sample-scroll").border_title = f"Sample at step {e.step:,}"
             self.query_one("#train-sample", Static).update(Text(e.text))
         elif isinstance(e, ev.Log):
-            self.query_one("#train-log", Log).write_lines(e.line.splitlines() or [""])
+            log = self.query_one("#train-log", RichLog)
+            for line in e.line.splitlines() or [""]:
+                log.write(Text(line))
         elif isinstance(e, ev.Finished):
             self._finished(e)
         self._show_stats()
