@@ -47,7 +47,7 @@ class GptuiApp(App[None]):
         Binding("f3", "show_tab('train')", "Train", show=False),
         Binding("f4", "show_tab('generate')", "Generate", show=False),
         Binding("f5", "show_tab('runs')", "Runs", show=False),
-        Binding("ctrl+t", "start_training", "Start training"),
+        Binding("ctrl+t", "start_training", "Train"),
         Binding("ctrl+s", "stop_training", "Stop"),
         Binding("ctrl+r", "resume_training", "Resume", show=False),
         Binding("ctrl+q", "quit", "Quit", priority=True),

@@ -49,9 +49,9 @@ class GenerateTab(Vertical):
         """Mounted (lazily, after the first frame): the app hands down what this tab shows."""
 
     BINDINGS = [
-        Binding("ctrl+s", "stop", "Stop generating"),
+        Binding("ctrl+s", "stop", "Stop", tooltip="Stop generating"),
         Binding("ctrl+l", "clear", "Clear"),
-        Binding("ctrl+o", "save", "Save transcript"),
+        Binding("ctrl+o", "save", "Save", tooltip="Save the transcript in the run's generations/"),
     ]
 
     class _Status(Message):
