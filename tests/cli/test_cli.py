@@ -295,15 +295,9 @@ def test_max_minutes_budget_then_resume(tmp_path, make_corpus_text, tiny_overrid
     assert done["status"] == "completed" and done["steps"] == summary["steps"] + 5
 
 
-# --- engine bugs found by these tests (kept, xfail strict, until fixed) -----------------------------------------
+# --- regressions: engine bugs these tests found (fixed in 96d9c61) -----------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="engine bug: TrainJob._setup applies resume overrides with check(apply_overrides(...)), whose "
-    "ConfigError is not a GptuiError; run() wraps it as TrainingFailed, so the CLI exits 1 with "
-    "'ConfigError: ...' instead of 2",
-    strict=True,
-)
 @pytest.mark.parametrize("value", ["abc", "0"])
 def test_resume_with_bad_set_exits_2(home, trained, value):
     _, summary = trained
@@ -312,11 +306,6 @@ def test_resume_with_bad_set_exits_2(home, trained, value):
     assert "ConfigError" not in line
 
 
-@pytest.mark.xfail(
-    reason="engine bug: a --prompt that is not valid UTF-8 (argv bytes arrive as surrogate escapes) reaches "
-    "tokenizer.encode and fails with UnicodeEncodeError: exit 1 instead of a bad-input exit 2",
-    strict=True,
-)
 def test_generate_non_utf8_prompt_exits_2(home, trained):
     _, summary = trained
     result = subprocess.run(
@@ -328,16 +317,9 @@ def test_generate_non_utf8_prompt_exits_2(home, trained):
     assert "UnicodeEncodeError" not in line
 
 
-STOP_BUG = pytest.mark.xfail(
-    reason="engine bug: cmd_generate turns --stop into text with .encode().decode('unicode_escape'), which "
-    "reads the UTF-8 bytes as Latin-1: a non-ASCII stop string like 'é' becomes 'Ã©' and never matches",
-    strict=True,
-)
-
-
 @pytest.mark.parametrize("raw,expected", [
     ("\\n\\n", "\n\n"), ("ROMEO:", "ROMEO:"),
-    pytest.param("é", "é", marks=STOP_BUG), pytest.param("—\\n", "—\n", marks=STOP_BUG),
+    ("é", "é"), ("—\\n", "—\n"),
 ])
 def test_generate_stop_string_is_passed_through(tmp_path, monkeypatch, capsys, raw, expected):
     """In-process: the CLI's --stop parsing, with the model replaced by a stub that records the settings."""

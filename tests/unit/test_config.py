@@ -368,22 +368,12 @@ def test_estimate_memory_positive_and_grows():
     assert estimate_memory_bytes(base, 5000) > estimate_memory_bytes(base, 300)
 
 
-@pytest.mark.xfail(
-    reason="engine bug: Setting.check (config.py) compares ranges only, and NaN fails every comparison, so "
-    "validate() accepts lr/dropout/max_minutes = nan set on a Config directly",
-    strict=True,
-)
 @pytest.mark.parametrize("name", ["lr", "dropout", "max_minutes", "weight_decay"])
 def test_validate_refuses_non_finite_floats_set_directly(name):
     config = dataclasses.replace(_base(), **{name: float("nan")})
     assert name in validate(config)
 
 
-@pytest.mark.xfail(
-    reason="engine bug: Setting.parse calls float(raw) on an int raw without catching OverflowError, so a huge "
-    "integer from config.json escapes as OverflowError instead of ConfigError",
-    strict=True,
-)
 def test_huge_integer_for_a_float_setting_is_a_config_error():
     with pytest.raises(ConfigError):
         apply_overrides(_base(), {"lr": 10**400})

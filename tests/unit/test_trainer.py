@@ -358,11 +358,6 @@ def test_short_corpus_refused_before_a_run_is_created(workspace, tiny_config):
     assert RunStore(workspace).runs() == []
 
 
-@pytest.mark.xfail(
-    reason="engine bug: ConfigError is not a GptuiError, so TrainJob.run() wraps it as TrainingFailed "
-    "('ConfigError: ...', exit 1) instead of refusing bad input (InputError, exit 2)",
-    strict=True,
-)
 def test_invalid_config_refused_as_bad_input(workspace, corpus, tiny_config):
     with pytest.raises(InputError, match="divisible") as info:
         TrainJob(workspace, "tiny", dataclasses.replace(tiny_config, n_head=3)).run()
@@ -371,11 +366,6 @@ def test_invalid_config_refused_as_bad_input(workspace, corpus, tiny_config):
     assert RunStore(workspace).runs() == []
 
 
-@pytest.mark.xfail(
-    reason="engine bug: a bad override on resume raises ConfigError inside TrainJob._setup, which run() "
-    "reports as TrainingFailed (exit 1) instead of InputError (exit 2)",
-    strict=True,
-)
 @pytest.mark.parametrize("overrides", [{"max_iters": "abc"}, {"eval_interval": "0"}])
 def test_resume_with_invalid_override_refused_as_bad_input(workspace, corpus, tiny_config, overrides):
     _, stopped, _ = train(workspace, tiny_config, stop_at_eval=10)
