@@ -204,13 +204,18 @@ class GptuiApp(App[None]):
     # --- quitting: a training run is stopped and saved first -------------------------------------------------
 
     async def action_quit(self) -> None:
-        if self.train_tab.running:
+        train = self._mounted(TrainTab)
+        if train is not None and train.running:
             self.push_screen(
                 ConfirmModal("A run is training. Stop it (its checkpoint is saved) and quit?", yes="Stop and quit"),
                 self._quit_answer,
             )
             return
-        self.generate_tab.cancel()  # a generation thread stops within one token
+        if (generate := self._mounted(GenerateTab)) is not None:
+            generate.cancel()  # a generation thread stops within one token
+        if not self.tabs_mounted:  # quit in the first instant: let the lazy mounts land first, then exit
+            self.call_after_refresh(self.exit)
+            return
         self.exit()
 
     def _quit_answer(self, yes: bool | None) -> None:

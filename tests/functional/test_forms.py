@@ -122,3 +122,37 @@ def test_adding_a_file_by_path(home: Path, tmp_path_factory) -> None:
             assert path.value == ""
 
     asyncio.run(go())
+
+
+def test_bad_sampling_settings_are_refused_before_loading_anything(home: Path) -> None:
+    from tests.functional.conftest import write_fake_run
+
+    write_fake_run(home)
+
+    async def go() -> None:
+        app = make_app(home, poll=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await started(pilot)
+            await pilot.press("f4")
+            gen = app.generate_tab
+            await wait_for(pilot, lambda: gen.run_id is not None, "the newest run chosen")
+            gen.query_one("#gen-top-p", Input).value = "0"
+            gen.query_one("#gen-prompt", Input).value = "hello"
+            await pilot.press("enter")
+            await pilot.pause()
+            assert any("top-p" in n.message for n in app._notifications)
+            assert not gen.turns and not gen.generating
+
+    asyncio.run(go())
+
+
+def test_command_palette_offers_the_main_actions(home: Path) -> None:
+    async def go() -> None:
+        app = make_app(home, poll=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await started(pilot)
+            titles = {c.title for c in app.get_system_commands(app.screen)}
+            assert {"Start training", "Stop training", "Resume training", "Open a run", "Generate",
+                    "Prepare corpus", "Save transcript"} <= titles
+
+    asyncio.run(go())
