@@ -53,6 +53,7 @@ class Dataset:
     corpus_bytes: int
     val_bytes: int
     cached: bool
+    had_bad_bytes: bool = False  # the corpus was read with bad UTF-8 bytes replaced
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -121,6 +122,8 @@ def prepare(
         raise CorpusError(f"{corpus}: cannot read ({exc.strerror or exc})") from None
     folder = cache_dir(cache_root, sha, spec)
     loaded = _load_cached(folder, sha)
+    if loaded is not None and loaded.had_bad_bytes and not replace_errors:
+        read_text(corpus)  # raises the same refusal, with the offset, as the first time
     if loaded is not None:
         loaded.seconds["cache_hit"] = time.perf_counter() - t0
         return loaded
@@ -128,6 +131,7 @@ def prepare(
     if progress:
         progress("reading corpus", None)
     text = read_text(corpus, replace_errors=replace_errors)
+    had_bad_bytes = replace_errors and "\ufffd" in text and _invalid_utf8(corpus)
     t1 = time.perf_counter()
     tokenizer = train_tokenizer(text, spec.kind, spec.vocab_size, spec.pattern, progress, show_progress)
     t2 = time.perf_counter()
@@ -150,6 +154,7 @@ def prepare(
         "val_bytes": val_bytes,
         "train_tokenizer_s": round(t2 - t1, 3),
         "encode_s": round(t3 - t2, 3),
+        "had_bad_bytes": had_bad_bytes,
     }
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -159,9 +164,17 @@ def prepare(
     except OSError:
         pass  # a cache we cannot write only costs time next run
     return Dataset(
-        tokenizer, tokens, split, sha, meta["corpus_bytes"], val_bytes, cached=False,
+        tokenizer, tokens, split, sha, meta["corpus_bytes"], val_bytes, cached=False, had_bad_bytes=had_bad_bytes,
         seconds={"read": t1 - t0, "train_tokenizer": t2 - t1, "encode": t3 - t2},
     )
+
+
+def _invalid_utf8(path: Path) -> bool:
+    try:
+        Path(path).read_bytes().decode("utf-8")
+        return False
+    except UnicodeDecodeError:
+        return True
 
 
 def _load_cached(folder: Path, sha: str) -> Dataset | None:
@@ -177,7 +190,7 @@ def _load_cached(folder: Path, sha: str) -> Dataset | None:
         tokens = np.memmap(folder / "tokens.bin", dtype=dtype, mode="r", shape=(n,))
         return Dataset(
             tokenizer, tokens, int(meta["split"]), sha, int(meta["corpus_bytes"]), int(meta["val_bytes"]),
-            cached=True,
+            cached=True, had_bad_bytes=bool(meta.get("had_bad_bytes")),
         )
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
         return None

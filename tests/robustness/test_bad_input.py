@@ -130,3 +130,13 @@ def test_a_hostile_name_on_the_command_line_stays_inside_models(small_workspace)
     created = [p for p in small_workspace.models.iterdir()]
     assert len(created) == 1 and created[0].name.endswith("tmp-evil")
     assert not (small_workspace.home.parent / "tmp" / "evil").exists()
+
+
+def test_a_cache_built_with_replaced_bytes_does_not_hide_the_refusal(small_workspace):
+    corpus = small_workspace.inputs / "latin.txt"
+    corpus.write_bytes(b"caf\xe9 au lait, s'il vous pla\xeet.\n" * 200)
+    spec = TokenizerSpec("char", 0, "")
+    assert prepare(corpus, spec, small_workspace.cache, replace_errors=True).had_bad_bytes
+    with pytest.raises(CorpusError, match="offset 3"):
+        prepare(corpus, spec, small_workspace.cache)
+    assert prepare(corpus, spec, small_workspace.cache, replace_errors=True).cached
