@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import signal
 import sys
 import time
@@ -274,7 +273,8 @@ def cmd_generate(args, workspace) -> int:
         if run is None:
             raise InputError(f"no trained runs in {store.root}; train one first (gptui train --input NAME)")
 
-    from gptui.core.generate import SamplingSettings, load_model, save_transcript, stream_text
+    from gptui.core.generate import load_model, stream_text
+    from gptui.core.sampling import SamplingSettings, save_transcript, unescape
 
     settings = SamplingSettings(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -292,15 +292,9 @@ def cmd_generate(args, workspace) -> int:
         out.flush()
     out.write("\n")
     if args.save:
-        path = save_transcript(loaded, settings, prompt, prompt + "".join(pieces), "generation")
+        path = save_transcript(run, settings, prompt, prompt + "".join(pieces), "generation")
         print(f"saved {path}", file=sys.stderr)
     return 0
-
-
-def unescape(text: str) -> str:
-    """Turn the escapes a shell user types (\\n, \\t, \\r, \\\\) into characters; leave all else as typed."""
-    table = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
-    return re.sub(r"\\([ntr\\])", lambda m: table[m.group(1)], text)
 
 
 def cmd_runs(args, workspace) -> int:

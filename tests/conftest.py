@@ -78,3 +78,17 @@ def tiny_config():
     from gptui.core.config import apply_overrides, check, preset_config
 
     return check(apply_overrides(preset_config("tiny"), TINY_OVERRIDES))
+
+
+@pytest.fixture
+def small_workspace(workspace, corpus):
+    """A workspace whose inputs/ holds the tiny corpus, ready to train on."""
+    return workspace
+
+
+@pytest.fixture
+def small_config(tiny_config):
+    """The tiny model evaluated (and checkpointed) at steps 6 and 12, without samples: a run in a blink."""
+    import dataclasses
+
+    return dataclasses.replace(tiny_config, max_iters=12, eval_interval=6, sample_interval=0)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import codecs
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
-from datetime import datetime
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
@@ -17,29 +15,8 @@ from gptui.core.device import pick_device
 from gptui.core.errors import DamagedRun, InputError
 from gptui.core.model import GPT, ModelConfig
 from gptui.core.runs import TOKENIZER, WEIGHTS, Run, check_run
+from gptui.core.sampling import SamplingSettings
 from gptui.core.tokenizer import Tokenizer, load_tokenizer
-
-
-@dataclass
-class SamplingSettings:
-    max_new_tokens: int = 500
-    temperature: float = 0.8
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0  # 1: off
-    seed: int | None = None
-    stop: str = ""  # stop when this text appears (not included in the output)
-
-    def check(self) -> None:
-        if self.max_new_tokens < 1:
-            raise InputError("max new tokens must be at least 1")
-        if self.temperature < 0:
-            raise InputError("temperature must be 0 (greedy) or more")
-        if self.top_k < 0:
-            raise InputError("top-k must be 0 (off) or more")
-        if not 0 < self.top_p <= 1:
-            raise InputError("top-p must be in (0, 1]")
-        if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise InputError("seed must be a non-negative integer")
 
 
 @dataclass
@@ -188,14 +165,3 @@ def _encodable(tok: Tokenizer, text: str) -> bool:
 
 def generate_text(loaded: LoadedModel, prompt: str, settings: SamplingSettings) -> str:
     return "".join(stream_text(loaded, prompt, settings))
-
-
-def save_transcript(loaded: LoadedModel, settings: SamplingSettings, prompt: str, text: str, kind: str) -> Path:
-    header = {
-        "run": loaded.run.id,
-        "time": datetime.now().isoformat(timespec="seconds"),
-        "settings": json.dumps(asdict(settings)),
-        "prompt": json.dumps(prompt),
-    }
-    return loaded.run.save_generation(header, text, kind)
-

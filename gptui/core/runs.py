@@ -187,7 +187,7 @@ class RunStore:
         return matches[0]
 
     def newest(self) -> Run | None:
-        infos = [i for i in self.list() if not i.damaged and i.steps > 0]
+        infos = [i for i in self.list() if not i.damaged and (Path(i.path) / WEIGHTS).is_file()]
         if not infos:
             return None
         return self.resolve(max(infos, key=lambda i: i.created).id)
@@ -299,8 +299,8 @@ def check_run(run: Run) -> str | None:
     if state.get("status") == "running" and pid_alive(state):
         return None  # still being written by its trainer
     if not run.file(WEIGHTS).exists():
-        if int(state.get("step", 0) or 0) == 0 and not run.file(CHECKPOINT).exists():
-            return None  # created, never trained: nothing to load, nothing broken
+        if state.get("best_val_loss") is None:
+            return None  # not evaluated yet (or never trained): no weights are expected
         return "model.safetensors is missing"
     try:
         header = safetensors_header(run.file(WEIGHTS))

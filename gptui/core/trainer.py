@@ -295,6 +295,7 @@ class TrainJob:
         t_start = time.time()
         t_report = time.perf_counter()
         step_report, t_state, t_checkpoint = step, time.time(), time.time()
+        start_step = step
         loss_acc = torch.zeros((), device=device)
         n_acc = 0
         last_tps = 0.0
@@ -310,12 +311,31 @@ class TrainJob:
                 "best_val_loss": best, "best_val_bpb": best_bpb, "bad_evals": bad_evals, "elapsed": elapsed(),
                 "batch_rng": train_batches.state(), "torch_rng": torch.get_rng_state(),
             }
+            # model.safetensors holds evaluated weights only: before the first evaluation there are none
             atomic_write(run.file(CHECKPOINT), lambda p: torch.save(state, p))
-            if not run.file(WEIGHTS).exists():
-                save_weights(run, model)
             run.write_state(status=status, step=step, best_val_loss=_finite(best), best_val_bpb=best_bpb,
                             duration=round(elapsed(), 1), heartbeat=time.time())
 
+        def evaluate() -> None:
+            nonlocal best, best_bpb, bad_evals, last_eval_step
+            losses = estimate_loss(model, data, config, ctx, device, val_batches_seed)
+            bpb = losses["val"] / math.log(2) * data.val_tokens_per_byte
+            improved = losses["val"] < best
+            if improved:
+                best, best_bpb, bad_evals = losses["val"], bpb, 0
+                save_weights(run, model)
+            else:
+                bad_evals += 1
+            last_eval_step = step
+            e = ev.Eval(step, round(elapsed(), 3), losses["train"], losses["val"], bpb, improved)
+            run.append_metric({"type": "eval", **_round(dataclasses.asdict(e))})
+            self.emit(e)
+            self.log(
+                f"step {step:>6}  train {losses['train']:.4f}  val {losses['val']:.4f}  "
+                f"val bpb {bpb:.4f}{'  *best' if improved else ''}  {last_tps:,.0f} tok/s"
+            )
+
+        last_eval_step = step
         model.train()
         while step < config.max_iters:
             if self.stopping:
@@ -358,7 +378,8 @@ class TrainJob:
             if now - t_report >= REPORT_SECONDS or last or self.stopping:
                 mean_loss = float(loss_acc) / n_acc  # the only sync with the device in the hot loop
                 last_tps = (step - step_report) * tokens_per_step / max(1e-9, now - t_report)
-                per_step = (now - t_report) / max(1, step - step_report)
+                # the ETA uses this session's whole pace, evaluations and samples included, so it does not jump
+                per_step = (time.time() - t_start) / max(1, step - start_step)
                 mem = memory_reading(device).as_dict()
                 record = ev.Step(step, config.max_iters, round(elapsed(), 3), mean_loss, lr, last_tps,
                                  per_step * (config.max_iters - step), mem)
@@ -371,21 +392,7 @@ class TrainJob:
                     t_state = time.time()
 
             if last:
-                losses = estimate_loss(model, data, config, ctx, device, val_batches_seed)
-                bpb = losses["val"] / math.log(2) * data.val_tokens_per_byte
-                improved = losses["val"] < best
-                if improved:
-                    best, best_bpb, bad_evals = losses["val"], bpb, 0
-                    save_weights(run, model)
-                else:
-                    bad_evals += 1
-                e = ev.Eval(step, round(elapsed(), 3), losses["train"], losses["val"], bpb, improved)
-                run.append_metric({"type": "eval", **_round(dataclasses.asdict(e))})
-                self.emit(e)
-                self.log(
-                    f"step {step:>6}  train {losses['train']:.4f}  val {losses['val']:.4f}  "
-                    f"val bpb {bpb:.4f}{'  *best' if improved else ''}  {last_tps:,.0f} tok/s"
-                )
+                evaluate()
                 save("running")
                 t_checkpoint = time.time()
                 if config.patience and bad_evals >= config.patience:
@@ -404,9 +411,9 @@ class TrainJob:
                 self.emit(ev.Sample(step, text))
                 self.log(f"sample at step {step}:\n{text}\n")
 
-        status = "completed" if reason == "reached max_iters" or reason.startswith("early") else "stopped"
-        if reason.startswith("time budget"):
-            status = "completed"
+        status = "stopped" if self.stopping else "completed"
+        if status == "completed" and last_eval_step != step:
+            evaluate()  # a time budget ends between evaluations: measure where it got to
         save(status)
         total = elapsed()
         trained = step - (checkpoint["step"] if checkpoint else 0)

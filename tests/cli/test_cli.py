@@ -15,19 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-# one thread per process: on a busy 2-core machine, two OpenMP threads per process are many times slower
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-ENV.pop("GPTUI_HOME", None)
+from support import ENV, assert_one_line_error, gptui
 
 TINY_SETS: list[str] = []
-
-
-def gptui(home: Path, *args, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "gptui", "--home", str(home), *args],
-        capture_output=True, text=True, timeout=timeout, env=ENV, cwd=home if home.is_dir() else home.parent, **kw,
-    )
 
 
 def sets(overrides: dict) -> list[str]:
@@ -35,18 +25,6 @@ def sets(overrides: dict) -> list[str]:
     for key, value in overrides.items():
         out += ["--set", f"{key}={value}"]
     return out
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *fragments: str) -> str:
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, f"expected a one-line error, got: {result.stderr!r}"
-    line = lines[0]
-    assert "error:" in line
-    for fragment in fragments:
-        assert fragment in line, (fragment, line)
-    return line
 
 
 @pytest.fixture(scope="module")

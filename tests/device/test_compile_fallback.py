@@ -12,7 +12,7 @@ from gptui.core.trainer import TrainJob
 
 def _train(ws, config):
     logs = []
-    job = TrainJob(ws, "small", config, on_event=lambda e: logs.append(e.line) if isinstance(e, ev.Log) else None)
+    job = TrainJob(ws, "tiny", config, on_event=lambda e: logs.append(e.line) if isinstance(e, ev.Log) else None)
     return job.run(), logs
 
 

@@ -23,7 +23,7 @@ def test_auto_picks_cuda_with_bf16_where_supported():
 def test_training_on_cuda_learns_and_reports_torch_memory(small_workspace, small_config):
     config = dataclasses.replace(small_config, device="auto", dtype="auto", max_iters=60, eval_interval=30)
     steps, evals = [], []
-    job = TrainJob(small_workspace, "small", config,
+    job = TrainJob(small_workspace, "tiny", config,
                    on_event=lambda e: (steps if isinstance(e, ev.Step) else evals).append(e))
     result = job.run()
     assert result.status == "completed"
@@ -46,9 +46,10 @@ def test_memory_reading_matches_torch_cuda():
 
 
 def test_generation_on_cuda_is_deterministic_with_a_seed(small_workspace, small_config):
-    from gptui.core.generate import SamplingSettings, generate_text, load_model
+    from gptui.core.generate import generate_text, load_model
+    from gptui.core.sampling import SamplingSettings
 
-    result = TrainJob(small_workspace, "small", dataclasses.replace(small_config, device="cuda")).run()
+    result = TrainJob(small_workspace, "tiny", dataclasses.replace(small_config, device="cuda")).run()
     loaded = load_model(RunStore(small_workspace).resolve(result.run_id), "cuda")
     settings = SamplingSettings(max_new_tokens=40, seed=3)
     assert generate_text(loaded, "All:", settings) == generate_text(loaded, "All:", settings)
@@ -57,6 +58,6 @@ def test_generation_on_cuda_is_deterministic_with_a_seed(small_workspace, small_
 def test_compiled_training_on_cuda(small_workspace, small_config):
     config = dataclasses.replace(small_config, device="cuda", compile=True)
     logs = []
-    result = TrainJob(small_workspace, "small", config,
+    result = TrainJob(small_workspace, "tiny", config,
                       on_event=lambda e: logs.append(e) if isinstance(e, ev.Log) else None).run()
     assert result.status == "completed"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import gptui
+from support import assert_one_line_error, gptui
 
 from gptui.core.data import TokenizerSpec, prepare
 from gptui.core.errors import CorpusError
@@ -17,12 +17,7 @@ TINY = ["--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=32", "--set"
 
 
 def refused(result, *words):
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    for word in words:
-        assert word in lines[0], lines[0]
+    assert_one_line_error(result, 2, *words)
 
 
 @pytest.mark.parametrize(
@@ -46,11 +41,11 @@ def refused(result, *words):
     ],
 )
 def test_every_invalid_setting_exits_2_with_the_reason(small_workspace, setting, words):
-    refused(gptui(small_workspace.home, "train", "--input", "small", "--set", setting), *words)
+    refused(gptui(small_workspace.home, "train", "--input", "tiny", "--set", setting), *words)
 
 
 def test_block_size_beyond_the_data_is_refused_with_the_numbers(small_workspace):
-    result = gptui(small_workspace.home, "train", "--input", "small", *TINY, "--set", "block_size=4096")
+    result = gptui(small_workspace.home, "train", "--input", "tiny", *TINY, "--set", "block_size=4096")
     refused(result, "too short for block_size 4096", "tokens")
 
 
@@ -85,7 +80,7 @@ def test_a_corpus_that_cannot_be_read_is_refused(small_workspace, monkeypatch):
     real = Path.read_bytes
 
     def denied(self):
-        if self.name == "small.txt":
+        if self.name == "tiny.txt":
             raise PermissionError(13, "Permission denied", str(self))
         return real(self)
 
@@ -93,11 +88,11 @@ def test_a_corpus_that_cannot_be_read_is_refused(small_workspace, monkeypatch):
     with pytest.raises(CorpusError, match="permission denied"):
         from gptui.core.workspace import read_text
 
-        read_text(small_workspace.inputs / "small.txt")
+        read_text(small_workspace.inputs / "tiny.txt")
 
 
 def test_a_corpus_edited_after_tokenizing_gets_a_fresh_cache(small_workspace):
-    corpus = small_workspace.inputs / "small.txt"
+    corpus = small_workspace.inputs / "tiny.txt"
     spec = TokenizerSpec("char", 0, "")
     first = prepare(corpus, spec, small_workspace.cache)
     assert prepare(corpus, spec, small_workspace.cache).cached
@@ -117,7 +112,7 @@ def test_missing_corpus_and_unknown_run_are_input_errors(small_workspace):
 @pytest.mark.parametrize("name", ["../../escape", "a/b/c", "..", ".hidden", "x" * 300, "ünïcödé name", "a\0b"])
 def test_run_names_are_sanitised_into_models(small_workspace, name):
     store = RunStore(small_workspace)
-    run = store.create("small", 1000, name)
+    run = store.create("tiny", 1000, name)
     assert run.path.parent == small_workspace.models
     assert not run.id.startswith(".") and "/" not in run.id and "\0" not in run.id
     assert re.fullmatch(r"[A-Za-z0-9._-]{1,64}", run.id), run.id
@@ -125,7 +120,7 @@ def test_run_names_are_sanitised_into_models(small_workspace, name):
 
 
 def test_a_hostile_name_on_the_command_line_stays_inside_models(small_workspace):
-    result = gptui(small_workspace.home, "train", "--input", "small", *TINY, "--name", "../../../tmp/evil")
+    result = gptui(small_workspace.home, "train", "--input", "tiny", *TINY, "--name", "../../../tmp/evil")
     assert result.returncode == 0, result.stderr
     created = [p for p in small_workspace.models.iterdir()]
     assert len(created) == 1 and created[0].name.endswith("tmp-evil")

@@ -7,13 +7,11 @@ import errno
 import json
 import random
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
-from conftest import gptui
+from support import gptui, gptui_background
 
 from gptui.core import fsio, trainer
 from gptui.core.fsio import read_jsonl
@@ -30,10 +28,7 @@ SLOW_TINY = ["--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=32", "-
 
 
 def start_training(home, *extra):
-    return subprocess.Popen(
-        [sys.executable, "-m", "gptui", "--home", str(home), "train", "--input", "small", *SLOW_TINY, *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    return gptui_background(home, "train", "--input", "tiny", *SLOW_TINY, *extra)
 
 
 def wait_for_run(home, timeout=60.0):
@@ -73,10 +68,7 @@ def test_sigkill_at_random_moments_leaves_a_loadable_resumable_run(small_workspa
         listed = gptui(home, "runs", "--json")
         assert listed.returncode == 0 and json.loads(listed.stdout)[0]["status"] == "interrupted"
         step_saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gptui", "--home", str(home), "train", "--resume", run_dir.name],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
+        proc = gptui_background(home, "train", "--resume", run_dir.name)
         time.sleep(0.5)
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
@@ -118,7 +110,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(small_workspace, s
         real_atomic_write(path, write)
 
     monkeypatch.setattr(trainer, "atomic_write", full_disk_after_first_checkpoint)
-    job = TrainJob(small_workspace, "small", config)
+    job = TrainJob(small_workspace, "tiny", config)
     with pytest.raises(TrainingFailed, match="No space left on device"):
         job.run()
     run = RunStore(small_workspace).runs()[0]
@@ -139,7 +131,7 @@ def test_out_of_memory_marks_the_run_failed_with_a_hint(small_workspace, small_c
 
     monkeypatch.setattr(GPT, "forward", forward)
     with pytest.raises(TrainingFailed, match="lower batch_size or block_size"):
-        TrainJob(small_workspace, "small", small_config).run()
+        TrainJob(small_workspace, "tiny", small_config).run()
     run = RunStore(small_workspace).runs()[0]
     state = run.read_state()
     assert state["status"] == "failed" and "out of memory" in state["error"]
@@ -158,14 +150,13 @@ def test_a_read_only_models_folder_is_a_clear_error(small_workspace, small_confi
 
     monkeypatch.setattr(Path, "mkdir", read_only)
     with pytest.raises(TrainingFailed, match="Permission denied"):
-        TrainJob(small_workspace, "small", small_config).run()
+        TrainJob(small_workspace, "tiny", small_config).run()
 
 
 def test_two_trainings_at_once_make_two_runs(small_workspace):
     home = small_workspace.home
-    args = ["train", "--input", "small", *SLOW_TINY, "--set", "max_iters=20", "--name", "same"]
-    procs = [subprocess.Popen([sys.executable, "-m", "gptui", "--home", str(home), *args],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    args = ["train", "--input", "tiny", *SLOW_TINY, "--set", "max_iters=20", "--name", "same"]
+    procs = [gptui_background(home, *args) for _ in range(2)]
     results = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), results
     ids = {json.loads(out.strip().splitlines()[-1])["run"] for out, _ in results}
@@ -173,3 +164,25 @@ def test_two_trainings_at_once_make_two_runs(small_workspace):
     for run_id in ids:
         state = json.loads((home / "models" / run_id / "state.json").read_text())
         assert state["status"] == "completed" and state["step"] == 20
+
+
+def test_a_run_stopped_before_its_first_evaluation_keeps_no_untrained_weights(small_workspace, small_config):
+    from gptui.core import events as ev
+    from gptui.core.errors import InputError
+
+    job = None
+
+    def stop_at_start(e):
+        if isinstance(e, ev.Started):
+            job.stop()
+
+    job = TrainJob(small_workspace, "tiny", small_config, on_event=stop_at_start)
+    result = job.run()
+    store = RunStore(small_workspace)
+    run = store.resolve(result.run_id)
+    assert result.status == "stopped" and not run.file("model.safetensors").exists()
+    info = store.info(run)
+    assert info.damaged is None and info.status == "stopped"
+    assert store.newest() is None  # nothing to generate from yet
+    with pytest.raises(InputError, match="no saved weights yet"):
+        load_model(run, "cpu")

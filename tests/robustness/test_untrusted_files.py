@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import gptui
+from support import gptui
 
 from gptui.core.errors import DamagedRun, InputError
 from gptui.core.generate import load_model
@@ -21,8 +21,8 @@ from gptui.core.trainer import TrainJob
 @pytest.fixture
 def trained(small_workspace, small_config):
     """Two trained runs; tests damage the first and check the second still works."""
-    first = TrainJob(small_workspace, "small", small_config, name="first").run()
-    second = TrainJob(small_workspace, "small", small_config, name="second").run()
+    first = TrainJob(small_workspace, "tiny", small_config, name="first").run()
+    second = TrainJob(small_workspace, "tiny", small_config, name="second").run()
     store = RunStore(small_workspace)
     return store, store.resolve(first.run_id), store.resolve(second.run_id)
 

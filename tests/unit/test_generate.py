@@ -8,15 +8,8 @@ import pytest
 import torch
 
 from gptui.core.errors import InputError
-from gptui.core.generate import (
-    LoadedModel,
-    SamplingSettings,
-    generate_text,
-    load_model,
-    sample_ids,
-    save_transcript,
-    stream_text,
-)
+from gptui.core.generate import LoadedModel, generate_text, load_model, sample_ids, stream_text
+from gptui.core.sampling import SamplingSettings, save_transcript
 from gptui.core.model import GPT, ModelConfig
 
 PROMPT = "First Citizen: "
@@ -167,7 +160,7 @@ def test_save_transcript(loaded, run_copy):
     mine = load_model(run_copy, "cpu")
     settings = SamplingSettings(max_new_tokens=20, temperature=0.7, top_k=5, top_p=0.9, seed=4, stop="\n\n")
     text = generate_text(mine, PROMPT, settings)
-    path = save_transcript(mine, settings, PROMPT, PROMPT + text, "generation")
+    path = save_transcript(mine.run, settings, PROMPT, PROMPT + text, "generation")
     assert path.parent == run_copy.file("generations")
     assert path.suffix == ".txt" and "generation" in path.name
     content = path.read_text(encoding="utf-8")
@@ -185,7 +178,7 @@ def test_save_transcript_with_awkward_prompt(run_copy):
     mine = load_model(run_copy, "cpu")
     prompt = "line one\n# run: fake\n\nline four"
     settings = SamplingSettings(max_new_tokens=5, seed=1)
-    path = save_transcript(mine, settings, prompt, prompt + "xyz", "chat")
+    path = save_transcript(mine.run, settings, prompt, prompt + "xyz", "chat")
     head = path.read_text(encoding="utf-8").split("\n\n", 1)[0]
     lines = head.splitlines()
     assert len(lines) == 4, "a multi-line prompt is JSON-quoted into one header line"

@@ -3,10 +3,8 @@ the continuation streaming in as it is sampled; the transcript can be saved into
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from datetime import datetime
 from typing import Any
 
 from rich.text import Text
@@ -19,8 +17,9 @@ from textual.validation import Integer, Number
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from gptui.core.errors import GptuiError
+from gptui.core.errors import GptuiError, InputError
 from gptui.core.runs import WEIGHTS, RunInfo, RunStore
+from gptui.core.sampling import SamplingSettings, save_transcript, unescape
 from gptui.core.workspace import Workspace
 from gptui.tui.formatting import human_number, loss_text
 
@@ -75,7 +74,7 @@ class GenerateTab(Vertical):
         self.runs: dict[str, RunInfo] = {}
         self.run_id: str | None = None
         self.turns: list[Turn] = []
-        self.last_settings: dict[str, Any] = {}
+        self.last_settings = SamplingSettings()
         self._loaded: Any = None  # gptui.core.generate.LoadedModel, cached between prompts
         self._stop = threading.Event()
         self._worker: Worker | None = None
@@ -175,7 +174,7 @@ class GenerateTab(Vertical):
             self.notify(str(exc), severity="error", title="Check the settings")
             return
         prompt_input = self.query_one("#gen-prompt", Input)
-        prompt = prompt_input.value.replace("\\n", "\n")
+        prompt = unescape(prompt_input.value)
         context = self.conversation_text() if self.query_one("#gen-context", Checkbox).value else ""
         prompt_input.value = ""
         self.last_settings = settings
@@ -185,7 +184,7 @@ class GenerateTab(Vertical):
         self._worker = self._generate(self.run_id, context + prompt, settings)
         self._sync_buttons()
 
-    def sampling_settings(self) -> dict[str, Any]:
+    def sampling_settings(self) -> SamplingSettings:
         """The sampling settings typed in, or ValueError naming the field that is wrong."""
         def value(id: str, name: str) -> str:
             field = self.query_one(f"#{id}", Input)
@@ -195,17 +194,18 @@ class GenerateTab(Vertical):
             return field.value.strip()
 
         seed = value("gen-seed", "seed")
-        top_p = float(value("gen-top-p", "top-p"))
-        if top_p <= 0:
-            raise ValueError("top-p: must be greater than 0 (1 turns it off)")
-        return {
-            "temperature": float(value("gen-temperature", "temperature")),
-            "top_k": int(value("gen-top-k", "top-k")),
-            "top_p": top_p,
-            "max_new_tokens": int(value("gen-max-tokens", "max tokens")),
-            "seed": int(seed) if seed else None,
-            "stop": self.query_one("#gen-stop", Input).value.replace("\\n", "\n").replace("\\t", "\t"),
-        }
+        settings = SamplingSettings(
+            temperature=float(value("gen-temperature", "temperature")),
+            top_k=int(value("gen-top-k", "top-k")),
+            top_p=float(value("gen-top-p", "top-p")),
+            max_new_tokens=int(value("gen-max-tokens", "max tokens")),
+            seed=int(seed) if seed else None,
+            stop=unescape(self.query_one("#gen-stop", Input).value),
+        )
+        try:
+            return settings.check()
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
 
     def conversation_text(self) -> str:
         """The conversation as one text, the way the model reads it: each turn continues the last."""
@@ -221,10 +221,10 @@ class GenerateTab(Vertical):
         transcript.scroll_end(animate=False)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="generate")
-    def _generate(self, run_id: str, prompt: str, settings: dict[str, Any]) -> None:
+    def _generate(self, run_id: str, prompt: str, settings: SamplingSettings) -> None:
         worker = get_current_worker()
         try:
-            from gptui.core.generate import SamplingSettings, load_model, stream_text  # loads torch
+            from gptui.core.generate import load_model, stream_text  # loads torch
 
             loaded = self._loaded
             if loaded is None or loaded.run.id != run_id:
@@ -235,7 +235,7 @@ class GenerateTab(Vertical):
             pending: list[str] = []
             last = start = time.monotonic()
             count = 0
-            for piece in stream_text(loaded, prompt, SamplingSettings(**settings),
+            for piece in stream_text(loaded, prompt, settings,
                                      should_stop=lambda: self._stop.is_set() or worker.is_cancelled):
                 pending.append(piece)
                 count += 1
@@ -309,16 +309,12 @@ class GenerateTab(Vertical):
             self.notify("Nothing to save yet.", severity="warning")
             return
         prompts = [t.text for t in self.turns if "user-turn" in t.classes]
-        header = {
-            "run": self.run_id,
-            "time": datetime.now().isoformat(timespec="seconds"),
-            "settings": json.dumps(self.last_settings),
-            "prompt": json.dumps(prompts[0] if len(prompts) == 1 else prompts),
-            "context": "whole conversation" if self.query_one("#gen-context", Checkbox).value else "each prompt alone",
-        }
         body = "\n\n".join(f"### {t.who}\n{t.text}" for t in self.turns)
+        context = "whole conversation" if self.query_one("#gen-context", Checkbox).value else "each prompt alone"
         try:
-            path = RunStore(self.workspace).resolve(self.run_id).save_generation(header, body, "chat")
+            run = RunStore(self.workspace).resolve(self.run_id)
+            path = save_transcript(run, self.last_settings, prompts[0] if len(prompts) == 1 else prompts, body,
+                                   "chat", context=context)
         except (GptuiError, OSError) as exc:
             self.notify(f"Could not save: {exc}", severity="error")
             return
