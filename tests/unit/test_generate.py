@@ -9,8 +9,8 @@ import torch
 
 from gptui.core.errors import InputError
 from gptui.core.generate import LoadedModel, generate_text, load_model, sample_ids, stream_text
-from gptui.core.sampling import SamplingSettings, save_transcript
 from gptui.core.model import GPT, ModelConfig
+from gptui.core.sampling import SamplingSettings, save_transcript
 
 PROMPT = "First Citizen: "
 
