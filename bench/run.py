@@ -1,0 +1,569 @@
+"""gptui's benchmarks against the targets in PRODUCT.md.
+
+    python bench/run.py [--quick] [--only NAME ...] [--json FILE]
+
+NAME is one of: train_throughput, kv_cache, tokenizer, time_to_quality, tui_first_frame (each adds several rows).
+Prints a table of rows (name, value, unit, target, ok); `--json` writes the same rows as a list of objects with
+exactly those keys. `ok` is true/false for a row with a target and null for an informational row; `value` is
+"n/a" when a row could not be measured (its reason is printed under the table).
+
+Every comparison runs both sides in the same process, alternating, several times, and reports the median: the
+machine is shared, so absolute numbers drift with load but ratios measured this way hold. Everything written
+(workspaces, caches, the generated 100 MB corpus) lives in a temporary folder removed at exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))  # the reference implementations next to this file
+
+GROUPS = ("train_throughput", "kv_cache", "tokenizer", "time_to_quality", "tui_first_frame")
+
+
+@dataclass
+class Plan:
+    """How much work each group does; --quick keeps every shape and shrinks only repetitions and text."""
+
+    quick: bool
+    train_steps: int  # TrainJob steps; the first is a warm-up, each later one is paired with a reference step
+    kv_reps: int
+    kv_cap_seconds: float | None  # quick mode stops a generation pass after this long (the ratio then understates)
+    tok_reps: int  # our tokenizer's repetitions on the full sample
+    ref_bpe_chars: int | None  # slice of the sample the pure-Python BPE comparison uses (None: all of it)
+    ref_bpe_reps: int
+    big_corpus_mb: int  # 0: skip the 100 MB corpus
+    time_to_quality: bool
+    tui_reps: int
+    peak_sizes: tuple[int, ...]
+
+
+QUICK = Plan(True, 4, 1, 75.0, 3, 50_000, 1, 0, False, 3, (2048, 4096))
+FULL = Plan(False, 11, 3, None, 5, None, 1, 100, True, 5, (2048, 3072, 4096))
+
+
+@dataclass
+class Row:
+    name: str
+    value: float | str
+    unit: str
+    target: str = ""
+    ok: bool | None = None
+    note: str = ""
+
+    def as_json(self) -> dict:
+        return {"name": self.name, "value": self.value, "unit": self.unit, "target": self.target, "ok": self.ok}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def sample_corpus() -> Path:
+    from gptui.core.workspace import SAMPLE_CORPUS
+
+    return ROOT / "gptui" / "data" / SAMPLE_CORPUS
+
+
+# --- matrix-multiply peak -----------------------------------------------------------------------------------
+
+
+def matmul_peak(dtype_name: str, sizes: tuple[int, ...], reps: int = 3) -> float:
+    """Best FLOP/s of large square matmuls in `dtype_name`: the ceiling the MFU is measured against."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    best = 0.0
+    for n in sizes:
+        a = torch.randn(n, n).to(dtype)
+        b = torch.randn(n, n).to(dtype)
+        a @ b  # warm-up
+        for _ in range(reps):
+            t = time.perf_counter()
+            a @ b
+            best = max(best, 2 * n**3 / (time.perf_counter() - t))
+    return best
+
+
+# --- 1. training throughput ---------------------------------------------------------------------------------
+
+
+def bench_train_throughput(plan: Plan, tmp: Path) -> list[Row]:
+    """Our `TrainJob` at the lecture preset, with one step of the lecture's naive model run inside its step
+    events: the two alternate step by step in one thread, on the same training split.
+
+    Our step time is the wall time between two consecutive step events of the real trainer (its whole loop:
+    sampler, lr, autocast forward, backward, AdamW, bookkeeping; each step emits an event because each takes
+    longer than the trainer's 0.5 s report interval); the reference's is one call of the lecture's loop body.
+    Our first step is the warm-up (it is not timed); the reference is warmed up on a small batch beforehand.
+    """
+    import numpy as np
+    import torch
+    from ref_lecture_gpt import LectureConfig, LectureTrainer
+
+    from gptui.core import events as ev
+    from gptui.core.config import apply_overrides, flops_per_token, preset_config
+    from gptui.core.data import TokenizerSpec, prepare
+    from gptui.core.device import pick_dtype
+    from gptui.core.trainer import TrainJob
+    from gptui.core.workspace import Workspace
+
+    ws = Workspace(tmp / "throughput").ensure()
+    n = plan.train_steps
+    # eval_iters=1 and no samples keep the one evaluation at the end short; nothing else differs from the preset
+    config = apply_overrides(preset_config("lecture"), {"max_iters": n, "eval_iters": 1, "sample_interval": 0})
+    dtype = pick_dtype(config.dtype, "cpu")
+    data = prepare(ws.corpus_path("tinyshakespeare"), TokenizerSpec.from_config(config), ws.cache)
+    vocab = data.tokenizer.vocab_size
+    ref = LectureTrainer(
+        LectureConfig(vocab, config.block_size, config.n_embd, config.n_head, config.n_layer, config.dropout),
+        torch.from_numpy(np.asarray(data.train, dtype=np.int64)),
+        batch_size=config.batch_size, learning_rate=config.lr,
+    )
+
+    # warm the reference up (AdamW state, kernels) on a small batch, so every full-size step it times is warm;
+    # our first step is the trainer's own warm-up and falls outside the timed intervals
+    ref.batch_size = 8
+    ref.step()
+    ref.batch_size = config.batch_size
+    peaks = [matmul_peak(dtype, plan.peak_sizes)]
+    peak_fp32 = matmul_peak("float32", plan.peak_sizes[:1])
+
+    event_in: list[float] = []  # when each step event reached us (end of our step)
+    event_out: list[float] = []  # when we handed control back (start of our next step)
+    ref_seconds: list[float] = []
+    errors: list[str] = []
+
+    def on_event(e) -> None:
+        if not isinstance(e, ev.Step):
+            return
+        event_in.append(time.perf_counter())
+        if e.step < n:  # one reference step before each of our steps 2..n
+            try:
+                t = time.perf_counter()
+                ref.step()
+                ref_seconds.append(time.perf_counter() - t)
+            except Exception as exc:  # the trainer swallows listener errors; keep ours
+                errors.append(f"{type(exc).__name__}: {exc}")
+        log(f"  train_throughput: our step {e.step}/{n} done"
+            + (f"; reference step {ref_seconds[-1]:.2f}s" if e.step < n and ref_seconds else ""))
+        event_out.append(time.perf_counter())
+
+    log(f"train_throughput: {n} steps of TrainJob(lecture, {dtype}) alternating with the lecture's model (fp32)")
+    finished = TrainJob(ws, "tinyshakespeare", config, name="bench-throughput", on_event=on_event).run()
+    peaks.append(matmul_peak(dtype, plan.peak_sizes))
+    peak_fp32 = max(peak_fp32, matmul_peak("float32", plan.peak_sizes[:1]))
+    if errors:
+        raise RuntimeError(f"reference step failed: {errors[0]}")
+    if finished.status != "completed" or len(event_in) != n:
+        raise RuntimeError(f"TrainJob ended {finished.status} ({finished.reason}) after {len(event_in)} step events")
+
+    ours = [event_in[i + 1] - event_out[i] for i in range(n - 1)]  # our steps 2..n
+    theirs = ref_seconds  # the reference step run just before each of those
+    tokens = config.batch_size * config.block_size
+    ours_tps = tokens / median(ours)
+    ref_tps = tokens / median(theirs)
+    ratio = median([r / o for o, r in zip(ours, theirs, strict=True)])
+    peak = max(peaks)
+    fpt = flops_per_token(config, vocab)
+    ref_params = sum(p.numel() for p in ref.model.parameters()) - ref.model.position_embedding_table.weight.numel()
+    ref_fpt = 6 * ref_params + 12 * config.n_layer * config.block_size * config.n_embd
+    pairs = f"{n - 1} alternating step pairs"
+    return [
+        Row("train_throughput", round(ours_tps), "tok/s", "", None,
+            f"our TrainJob at the lecture preset ({dtype} autocast), median of {n - 1} steps "
+            f"(batch {config.batch_size} x block {config.block_size})"),
+        Row("train_throughput_ref", round(ref_tps), "tok/s", "", None,
+            "lecture gpt.py naive model, fp32, AdamW lr 3e-4 (bench/ref_lecture_gpt.py)"),
+        Row("train_throughput_ratio", round(ratio, 2), "x", ">= 1.5", ratio >= 1.5, f"median of {pairs}"),
+        Row("matmul_peak", round(peak / 1e12, 3), f"TFLOP/s {dtype}", "", None,
+            f"best square matmul {plan.peak_sizes}, measured before and after the training steps"),
+        Row("train_mfu", round(100 * fpt * ours_tps / peak, 1), f"% of {dtype} peak", "", None,
+            f"{fpt / 1e6:.1f} MFLOP/token (6N + 12LTd)"),
+        Row("train_mfu_ref", round(100 * ref_fpt * ref_tps / peak_fp32, 1), "% of fp32 peak", "", None,
+            f"fp32 peak {peak_fp32 / 1e12:.3f} TFLOP/s (best of 2048^3 matmuls before and after)"),
+    ]
+
+
+# --- 2. KV cache ---------------------------------------------------------------------------------------------
+
+
+def bench_kv_cache(plan: Plan, tmp: Path) -> list[Row]:
+    """500 tokens from a lecture-size model (random weights), with and without the KV cache, in lockstep: the two
+    generators take turns token by token (which one goes first alternates), so load on the shared machine
+    falls on both alike. Each pass gives one ratio of total times; the row is the median over passes."""
+    import torch
+
+    from gptui.core.config import preset_config
+    from gptui.core.generate import sample_ids
+    from gptui.core.model import GPT, ModelConfig
+
+    config = preset_config("lecture")
+    torch.manual_seed(0)
+    model = GPT(ModelConfig.from_config(config, 65)).eval()
+    prompt = [0]
+    n_tokens = 500
+
+    def lockstep(n: int, cap: float | None = None) -> tuple[dict[bool, float], int]:
+        gens = {c: sample_ids(model, prompt, n, 1.0, 0, 1.0, torch.Generator().manual_seed(1), c)
+                for c in (True, False)}
+        seconds = {True: 0.0, False: 0.0}
+        start = time.perf_counter()
+        for i in range(n):
+            if cap is not None and time.perf_counter() - start > cap:
+                return seconds, i
+            for use_cache in ((True, False) if i % 2 == 0 else (False, True)):
+                t = time.perf_counter()
+                next(gens[use_cache])
+                seconds[use_cache] += time.perf_counter() - t
+        return seconds, n
+
+    lockstep(20)  # warm-up
+    log(f"kv_cache: {plan.kv_reps} pass(es) of 500 tokens with and without the cache in lockstep, "
+        f"block {config.block_size}")
+    cached, full, counts = [], [], []
+    for rep in range(plan.kv_reps):
+        s, done = lockstep(n_tokens, plan.kv_cap_seconds)
+        cached.append(s[True] / done)
+        full.append(s[False] / done)
+        counts.append(done)
+        log(f"  kv_cache: pass {rep + 1}: {done} tokens, cache {s[True]:.2f}s, no cache {s[False]:.2f}s")
+    ratio = median([f / c for c, f in zip(cached, full, strict=True)])
+    cut = ""
+    if min(counts) < n_tokens:
+        cut = (f"; quick mode's {plan.kv_cap_seconds:g}s cap stopped a pass at {min(counts)} tokens: the ratio over "
+               "the first tokens (shorter contexts) understates the 500-token one")
+    return [
+        Row("kv_cache", round(ratio, 2), "x", ">= 5", ratio >= 5,
+            f"500 tokens, block {config.block_size}, lecture-size model (fp32, random weights), "
+            f"median of {plan.kv_reps} lockstep pass(es), {torch.get_num_threads()} torch threads{cut}"),
+        Row("kv_cache_tok_s", round(1 / median(cached), 1), "tok/s", "", None, "with the cache"),
+        Row("kv_cache_nocache_tok_s", round(1 / median(full), 1), "tok/s", "", None,
+            "recomputing the whole context per token"),
+    ]
+
+
+# --- 3. tokenizer --------------------------------------------------------------------------------------------
+
+
+def bench_tokenizer(plan: Plan, tmp: Path) -> list[Row]:
+    from ref_minbpe import PATTERN_SOURCE, RegexTokenizer
+
+    from gptui.core.data import TokenizerSpec, prepare
+    from gptui.core.tokenizer import train_tokenizer
+
+    vocab = 1024
+    corpus = sample_corpus()
+    text = corpus.read_text(encoding="utf-8")
+
+    def ours(s: str) -> float:
+        t = time.perf_counter()
+        tok = train_tokenizer(s, "bpe", vocab, "gpt4")
+        tok.encode_corpus(s)
+        return time.perf_counter() - t
+
+    def reference(s: str) -> float:
+        t = time.perf_counter()
+        tok = RegexTokenizer()
+        tok.train(s, vocab)
+        tok.encode_ordinary(s)
+        return time.perf_counter() - t
+
+    rows: list[Row] = []
+    log(f"tokenizer: BPE {vocab} train + encode of the sample, {plan.tok_reps} times")
+    ours(text[:10_000])  # warm-up (library load)
+    full_times = [ours(text) for _ in range(plan.tok_reps)]
+    secs = median(full_times)
+    rows.append(Row("tokenizer_seconds", round(secs, 3), "s", "< 2", secs < 2,
+                    f"train + encode, {len(text.encode()) / 1e6:.2f} MB sample, vocab {vocab}, "
+                    f"median of {plan.tok_reps}"))
+
+    piece = text if plan.ref_bpe_chars is None else text[: plan.ref_bpe_chars]
+    where = "whole sample" if plan.ref_bpe_chars is None else f"first {len(piece.encode()) // 1000} KB"
+    ours_t, ref_t = [ours(piece)], []
+    for rep in range(plan.ref_bpe_reps):
+        log(f"  tokenizer: pure-Python BPE on the {where} ({rep + 1}/{plan.ref_bpe_reps}, takes a while)")
+        ref_t.append(reference(piece))
+        ours_t.append(ours(piece))
+        log(f"  tokenizer: pure-Python {ref_t[-1]:.1f}s, ours {ours_t[-1]:.3f}s")
+    ratio = median(ref_t) / median(ours_t)
+    rows.append(Row("tokenizer_ratio", round(ratio, 1), f"x vs pure-Python BPE ({where})", ">= 50", ratio >= 50,
+                    f"minbpe-style RegexTokenizer ({PATTERN_SOURCE}): median {median(ref_t):.1f}s of "
+                    f"{len(ref_t)}, ours median {median(ours_t):.3f}s of {len(ours_t)}, alternating"))
+
+    cache = tmp / "tokcache"
+    cold_t = time.perf_counter()
+    first = prepare(corpus, TokenizerSpec("bpe", vocab, "gpt4"), cache)
+    cold = time.perf_counter() - cold_t
+    hits = []
+    for _ in range(3):
+        t = time.perf_counter()
+        again = prepare(corpus, TokenizerSpec("bpe", vocab, "gpt4"), cache)
+        hits.append(time.perf_counter() - t)
+        if not again.cached or first.cached:
+            raise RuntimeError("the second prepare() did not come from the cache")
+    hit = median(hits)
+    rows.append(Row("tokenizer_cache_hit", round(hit, 4), "s", "< 0.5", hit < 0.5,
+                    f"prepare() again with the same cache dir, median of 3 (cold prepare {cold:.2f}s)"))
+
+    if plan.big_corpus_mb:
+        big = tmp / "big" / "generated.txt"
+        t = time.perf_counter()
+        make_corpus(text, big, plan.big_corpus_mb * 1_000_000)
+        log(f"tokenizer: generated {big.stat().st_size / 1e6:.0f} MB corpus in {time.perf_counter() - t:.1f}s; "
+            "preparing it (cold cache)")
+        t = time.perf_counter()
+        d = prepare(big, TokenizerSpec("bpe", vocab, "gpt4"), tmp / "bigcache")
+        secs = time.perf_counter() - t
+        rows.append(Row("tokenizer_100mb", round(secs, 1), "s", "< 90", secs < 90,
+                        f"prepare() of a generated {big.stat().st_size / 1e6:.0f} MB corpus, cold cache: "
+                        f"train {d.seconds.get('train_tokenizer', 0):.1f}s, encode {d.seconds.get('encode', 0):.1f}s, "
+                        f"{len(d.tokens):,} tokens"))
+        big.unlink()
+    return rows
+
+
+def make_corpus(text: str, path: Path, size: int, seed: int = 0) -> None:
+    """A deterministic Shakespeare-like corpus of about `size` bytes: runs of 1-12 words copied from random
+    places of the sample, so lines and word sequences vary but the vocabulary and style stay."""
+    import re
+
+    import numpy as np
+
+    words = np.array(re.findall(r"\S+\s*", text), dtype=object)
+    rng = np.random.Generator(np.random.PCG64(seed))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with open(path, "w", encoding="utf-8") as f:
+        while written < size:
+            runs = 100_000
+            lengths = rng.integers(1, 13, size=runs)
+            starts = rng.integers(0, len(words) - 13, size=runs)
+            offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            chunk = "".join(words[np.repeat(starts, lengths) + offsets].tolist())
+            chunk = chunk[: max(0, size - written)] if written + len(chunk) > size else chunk
+            f.write(chunk)
+            written += len(chunk.encode("utf-8"))
+
+
+# --- 4. time to quality ------------------------------------------------------------------------------------
+
+
+def nanogpt_recipe(max_minutes: float):
+    """nanoGPT's README laptop command for shakespeare_char (config/train_shakespeare_char.py plus
+    `--device=cpu --compile=False --eval_iters=20 --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4
+    --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0`) as a gptui config; the values
+    not on the command line come from that config file and train.py's defaults (bias False, AdamW weight decay
+    0.1, beta2 0.99, warm-up 100, min_lr 1e-4, grad clip 1.0, eval every 250 steps). nanoGPT does not sample
+    while training."""
+    from gptui.core.config import Config, check
+
+    return check(Config(
+        n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False, mlp_ratio=4, tokenizer="char",
+        batch_size=12, grad_accum=1, lr=1e-3, min_lr=1e-4, warmup_iters=100, weight_decay=0.1, beta1=0.9,
+        beta2=0.99, grad_clip=1.0, max_iters=2000, eval_interval=250, eval_iters=20, sample_interval=0,
+        max_minutes=max_minutes,
+    ))
+
+
+def bench_time_to_quality(plan: Plan, tmp: Path) -> list[Row]:
+    """The tiny preset and nanoGPT's laptop recipe, each trained by our TrainJob with a 4-minute budget, one after
+    the other on the sample corpus; compares the best validation bits per byte each reports."""
+    from gptui.core import events as ev
+    from gptui.core.config import apply_overrides, preset_config
+    from gptui.core.trainer import TrainJob
+    from gptui.core.workspace import Workspace
+
+    budget = 4.0
+    ws = Workspace(tmp / "ttq").ensure()
+    results = {}
+    for label, config in (
+        ("tiny", apply_overrides(preset_config("tiny"), {"max_minutes": budget})),
+        ("nanogpt", nanogpt_recipe(budget)),
+    ):
+        evals: list[ev.Eval] = []
+
+        def on_event(e, evals=evals, label=label) -> None:
+            if isinstance(e, ev.Eval):
+                evals.append(e)
+                log(f"  time_to_quality {label}: step {e.step} at {e.elapsed:.0f}s, val bpb {e.val_bpb:.4f}")
+
+        log(f"time_to_quality: training {label} for up to {budget:g} minutes")
+        finished = TrainJob(ws, "tinyshakespeare", config, name=f"bench-{label}", on_event=on_event).run()
+        if finished.best_val_bpb is None:
+            raise RuntimeError(f"{label}: no evaluation finished ({finished.status}: {finished.reason})")
+        results[label] = (finished, evals, config)
+
+    (ours, ours_evals, ours_cfg), (theirs, their_evals, _) = results["tiny"], results["nanogpt"]
+
+    def describe(f, evals) -> str:
+        last_eval = evals[-1].step if evals else 0
+        return (f"{f.step} steps in {f.duration:.0f}s ({f.reason}); last evaluation at step {last_eval}; "
+                f"{f.tokens_per_sec:,.0f} tok/s")
+
+    tiny_shape = (f"tiny = {ours_cfg.n_layer}x{ours_cfg.n_head}x{ours_cfg.n_embd}, block {ours_cfg.block_size}, "
+                  f"batch {ours_cfg.batch_size}, {ours_cfg.tokenizer}"
+                  + (f" {ours_cfg.vocab_size}" if ours_cfg.tokenizer == "bpe" else "") + f", lr {ours_cfg.lr:g}")
+    ok = ours.best_val_bpb < theirs.best_val_bpb
+    return [
+        Row("time_to_quality", round(ours.best_val_bpb, 4), "val bits/byte", f"< nanoGPT recipe "
+            f"({theirs.best_val_bpb:.4f})", ok, f"{tiny_shape}; {describe(ours, ours_evals)}"),
+        Row("time_to_quality_nanogpt", round(theirs.best_val_bpb, 4), "val bits/byte", "", None,
+            f"nanoGPT laptop recipe on our engine; {describe(theirs, their_evals)}"),
+    ]
+
+
+# --- 5. TUI first frame --------------------------------------------------------------------------------------
+
+FIRST_FRAME_SCRIPT = r"""
+import asyncio, inspect, json, sys, time
+from pathlib import Path
+home = Path(sys.argv[1])
+import gptui.tui.app as m
+if hasattr(m, "make_app"):
+    app = m.make_app(home)
+else:
+    from textual.app import App
+    from gptui.core.workspace import Workspace
+    cls = next(c for c in vars(m).values() if inspect.isclass(c) and issubclass(c, App) and c is not App)
+    app = cls(Workspace(home))
+async def main():
+    async with app.run_test(size=(120, 34)) as pilot:
+        await pilot.pause()
+        t = time.monotonic()
+        torch_loaded = "torch" in sys.modules
+        screen = type(app.screen).__name__
+        widgets = len(list(app.screen.walk_children()))
+    print(json.dumps({"first_frame": t, "torch": torch_loaded, "screen": screen, "widgets": widgets}))
+asyncio.run(main())
+"""
+
+
+def bench_tui_first_frame(plan: Plan, tmp: Path) -> list[Row]:
+    """Launch a fresh interpreter that builds the app over a small workspace and runs it headless; time from
+    just before the process starts until the first screen is composed, mounted and its pending messages
+    processed (run_test's ready point plus one pilot.pause())."""
+    import importlib.util
+
+    name, target = "tui_first_frame", "< 1"
+    if importlib.util.find_spec("gptui.tui.app") is None:
+        return [Row(name, "n/a", "s", target, False, "gptui/tui/app.py does not exist yet")]
+    home = tmp / "tui"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TEXTUAL_ANIMATIONS": "none"}
+    times, infos = [], []
+    log(f"tui_first_frame: {plan.tui_reps} launches (+1 warm-up)")
+    for rep in range(plan.tui_reps + 1):
+        t0 = time.monotonic()
+        proc = subprocess.run([sys.executable, "-c", FIRST_FRAME_SCRIPT, str(home)], capture_output=True,
+                              text=True, timeout=120, env=env, cwd=tmp)
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
+            return [Row(name, "n/a", "s", target, False, f"the app did not start headless: {tail}")]
+        info = json.loads(proc.stdout.strip().splitlines()[-1])
+        if rep:  # the first launch warms the disk cache and compiles bytecode
+            times.append(info["first_frame"] - t0)
+            infos.append(info)
+    secs = median(times)
+    torch_loaded = any(i["torch"] for i in infos)
+    return [
+        Row(name, round(secs, 3), "s", target, secs < 1,
+            f"median of {len(times)} launches of `python -c` (interpreter start, imports, compose, mount); "
+            f"screen {infos[0]['screen']} with {infos[0]['widgets']} widgets"),
+        Row("tui_torch_at_first_frame", "yes" if torch_loaded else "no", "torch imported", "no", not torch_loaded,
+            "PRODUCT.md: torch is imported lazily, after the first frame"),
+    ]
+
+
+# --- driver ------------------------------------------------------------------------------------------------
+
+BENCHES: dict[str, Callable[[Plan, Path], list[Row]]] = {
+    "train_throughput": bench_train_throughput,
+    "kv_cache": bench_kv_cache,
+    "tokenizer": bench_tokenizer,
+    "time_to_quality": bench_time_to_quality,
+    "tui_first_frame": bench_tui_first_frame,
+}
+
+
+def fmt_value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:,.4g}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def print_table(rows: list[Row]) -> None:
+    header = ("name", "value", "unit", "target", "ok")
+    cells = [(r.name, fmt_value(r.value), r.unit, r.target or "-", "-" if r.ok is None else ("yes" if r.ok else "NO"))
+             for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    print(line)
+    print("-" * len(line))
+    for c in cells:
+        print("  ".join((v.rjust(w) if i == 1 else v.ljust(w)) for i, (v, w) in enumerate(zip(c, widths, strict=True))))
+    notes = [r for r in rows if r.note]
+    if notes:
+        print()
+        for r in notes:
+            print(f"{r.name}: {r.note}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions and a smaller BPE comparison "
+                        "(same shapes), no time_to_quality and no 100 MB corpus; under 3 minutes on 2 cores")
+    parser.add_argument("--only", nargs="+", choices=GROUPS, metavar="NAME",
+                        help=f"run only these groups: {', '.join(GROUPS)}")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON to FILE")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    groups = [g for g in GROUPS if (args.only is None or g in args.only)]
+    if plan.quick and args.only is None:
+        groups.remove("time_to_quality")
+
+    started = time.perf_counter()
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="gptui-bench-") as tmp:
+        for group in groups:
+            if group == "time_to_quality" and not plan.time_to_quality:
+                log("time_to_quality runs in the full run only (8 minutes of training); skipped")
+                continue
+            t = time.perf_counter()
+            try:
+                new = BENCHES[group](plan, Path(tmp) / group)
+            except Exception as exc:
+                log(f"{group} failed: {type(exc).__name__}: {exc}")
+                new = [Row(group, "n/a", "", "", False, f"failed: {type(exc).__name__}: {exc}")]
+            log(f"{group}: done in {time.perf_counter() - t:.0f}s")
+            rows.extend(new)
+    print()
+    print_table(rows)
+    print(f"\n{'quick' if plan.quick else 'full'} run, {time.perf_counter() - started:.0f}s; "
+          f"{os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M')}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps([r.as_json() for r in rows], indent=2) + "\n")
+    return 0 if all(r.ok is not False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
