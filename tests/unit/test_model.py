@@ -194,3 +194,16 @@ def test_generation_with_prompt_longer_than_block():
 def test_generation_empty_prompt():
     model = make_model()
     assert len(list(sample_ids(model, [], 5, temperature=0.0))) == 5
+
+
+def test_cpu_dropout_attention_path_computes_the_same_attention():
+    """With dropout on, CPU training takes the explicit attention path; its maths must equal SDPA's."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32, dropout=0.0)).train()
+    x = torch.randint(0, 50, (3, 16))
+    y = torch.randint(0, 50, (3, 16))
+    _, fused = model(x, y)
+    for block in model.transformer.h:
+        block.attn.dropout = 1e-12  # selects the explicit path while dropping (almost surely) nothing
+    _, explicit = model(x, y)
+    torch.testing.assert_close(explicit, fused, rtol=1e-5, atol=1e-6)
