@@ -78,7 +78,6 @@ class TrainJob:
         on_event: Listener | None = None,
         replace_errors: bool = False,
         show_progress: bool = False,
-        threads: int | None = None,
     ):
         self.workspace = workspace
         self.corpus = corpus
@@ -89,7 +88,6 @@ class TrainJob:
         self.on_event = on_event or (lambda e: None)
         self.replace_errors = replace_errors
         self.show_progress = show_progress
-        self.threads = threads  # CPU threads for torch; the TUI leaves one core to the interface
         self._stop = threading.Event()
         self.stop_reason = "stopped by user"
         self.run_dir: Run | None = None
@@ -251,8 +249,6 @@ class TrainJob:
         self.emit(ev.Finished(run.id if run else "", "failed", message, 0, None, None, time.time() - started, 0.0))
 
     def _train(self, run: Run, config: Config, data: Dataset, checkpoint: dict | None) -> ev.Finished:
-        if self.threads:
-            torch.set_num_threads(self.threads)
         torch.manual_seed(config.seed)
         device = pick_device(config.device)
         dtype = pick_dtype(config.dtype, device)

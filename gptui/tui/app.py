@@ -234,8 +234,8 @@ def leave_a_core_for_the_interface() -> None:
 
     Measured on 2 cores: with torch's default of every core, its OpenMP threads starve the UI thread (a tab key
     took 90 ms median, 250 ms worst) and, on a busy machine, training got slower too; with one thread, 10 ms.
-    torch reads OMP_NUM_THREADS when it is first imported, which happens later, inside a worker; a value the
-    person set is kept. (An engine setting for threads would be cleaner: see the TUI notes.)"""
+    torch reads OMP_NUM_THREADS when it is first imported, which happens later, inside a worker, so this covers
+    training and generation alike; a value the person set is kept."""
     if "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) - 1))
 
