@@ -146,3 +146,47 @@ def test_tab_keys_switch_tabs(home: Path) -> None:
                 assert tabs.active == name
 
     asyncio.run(go())
+
+
+def test_a_full_disk_while_training_is_reported_and_the_app_keeps_running(home: Path, monkeypatch) -> None:
+    import errno
+
+    from gptui.core import fsio, trainer
+
+    saves: list[Path] = []
+
+    def full_after_first_checkpoint(path, write):
+        if path.name == "checkpoint.pt":
+            saves.append(path)
+            if len(saves) > 1:
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        fsio.atomic_write(path, write)
+
+    monkeypatch.setattr(trainer, "atomic_write", full_after_first_checkpoint)
+
+    async def go() -> str:
+        app = make_app(home, poll=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await started(pilot)
+            app.model_tab.set_values(TINY)
+            await pilot.press("ctrl+t")
+            tab = app.train_tab
+            await wait_for(pilot, lambda: any((n.title or "") == "Training failed" for n in app._notifications),
+                           "the failure to be reported", tries=900)
+            assert not tab.running
+            assert any("No space left on device" in n.message for n in app._notifications)
+            await pilot.press("f5")  # the app still answers
+            await pilot.pause()
+            assert app.is_running
+            return tab.run_id
+
+    run_id = asyncio.run(go())
+    run = RunStore(Workspace(home)).resolve(run_id)
+    assert run.read_state()["status"] == "failed"
+    assert torch_load_step(run.file("checkpoint.pt")) == 10  # the last good checkpoint is intact
+
+
+def torch_load_step(path: Path) -> int:
+    import torch
+
+    return torch.load(path, weights_only=True)["step"]
