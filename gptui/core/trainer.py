@@ -173,7 +173,6 @@ class TrainJob:
         dataset.tokenizer.save(run.file(TOKENIZER))
         run.write_state(status="running", step=0, best_val_loss=None, best_val_bpb=None, duration=0.0,
                         pid=os.getpid(), host=socket.gethostname(), heartbeat=time.time())
-        self._log_prepare(dataset)
         return run, config, dataset, None
 
     def _prepare(self, corpus: Path, config: Config) -> Dataset:
@@ -280,6 +279,7 @@ class TrainJob:
                 self.log(f"torch.compile unavailable ({type(exc).__name__}); training eagerly")
         params = model.num_params()
         self.log_header(run, config, params, device, dtype, checkpoint is not None)
+        self._log_prepare(data)
         self.emit(ev.Started(run.id, str(run.path), params, device, dtype, step, config.max_iters,
                              config_to_dict(config)))
 
