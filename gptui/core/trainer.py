@@ -36,6 +36,7 @@ from gptui.core.fsio import atomic_write
 from gptui.core.generate import sample_ids
 from gptui.core.model import GPT, ModelConfig
 from gptui.core.runs import CHECKPOINT, TOKENIZER, WEIGHTS, Run, RunStore, pid_alive
+from gptui.core.tokenizer import load_tokenizer
 from gptui.core.workspace import Workspace
 
 REPORT_SECONDS = 0.5  # at most this long between step events (the only place the loss is read back)
@@ -131,12 +132,12 @@ class TrainJob:
                 config = config_from_dict(saved["settings"])
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise InputError(f"run {run.id} has an unreadable config.json ({exc})") from None
-            changed = {k for k, v in self.overrides.items() if str(getattr(config, k, None)) != str(v)}
+            updated = check(apply_overrides(config, self.overrides))
+            changed = {k for k in self.overrides if getattr(updated, k) != getattr(config, k)}
             fixed = sorted(changed - RESUMABLE_SETTINGS)
             if fixed:
                 raise InputError(f"cannot change {', '.join(fixed)} when resuming (only schedule and hardware)")
-            if self.overrides:
-                config = check(apply_overrides(config, self.overrides))
+            config = updated
             corpus = self.workspace.corpus_path(saved.get("corpus", ""))
             checkpoint = self._load_checkpoint(run)
             self.run_dir = run
@@ -146,6 +147,8 @@ class TrainJob:
                 raise InputError(
                     f"corpus {corpus.name} changed since run {run.id} started; resuming needs the original text"
                 )
+            if load_tokenizer(run.file(TOKENIZER)).token_bytes != dataset.tokenizer.token_bytes:
+                raise InputError(f"the tokenizer cached for {corpus.name} differs from run {run.id}'s own")
             return run, config, dataset, checkpoint
 
         if self.config is None:

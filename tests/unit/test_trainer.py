@@ -237,6 +237,22 @@ def test_resume_refuses_model_changes(workspace, corpus, tiny_config):
     assert run.read_state()["status"] == state_before["status"], "a refused resume leaves the run as it was"
 
 
+def test_resume_accepts_a_model_setting_restated_in_another_spelling(workspace, corpus, tiny_config):
+    _, first, _ = train(workspace, tiny_config)
+    same = {"lr": f"{tiny_config.lr:.6f}", "n_layer": f"{tiny_config.n_layer}.0", "max_iters": "25"}
+    resumed = TrainJob(workspace, None, None, resume=first.run_id, overrides=same).run()
+    assert resumed.status == "completed" and resumed.step == 25
+
+
+def test_resume_refuses_a_cache_whose_tokenizer_differs_from_the_run(workspace, corpus, tiny_config):
+    _, stopped, _ = train(workspace, tiny_config, stop_at_eval=10)
+    run = RunStore(workspace).resolve(stopped.run_id)
+    chars = json.loads(run.file("tokenizer.json").read_text())["chars"]
+    run.file("tokenizer.json").write_text(json.dumps({"type": "gptui-char", "version": 1, "chars": chars[::-1]}))
+    with pytest.raises(InputError, match="differs from run"):
+        TrainJob(workspace, None, None, resume=run.id).run()
+
+
 def test_resume_refuses_a_changed_corpus(workspace, corpus, tiny_config):
     _, stopped, _ = train(workspace, tiny_config, stop_at_eval=10)
     corpus.write_text(corpus.read_text(encoding="utf-8") + "more text\n", encoding="utf-8")
