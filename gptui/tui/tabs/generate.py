@@ -92,14 +92,14 @@ class GenerateTab(Vertical):
                                      type_="integer")
             yield from self._setting("seed", "gen-seed", "", [Integer(minimum=0)], type_="integer",
                                      placeholder="random")
-            yield from self._setting("stop at", "gen-stop", "", [], placeholder="text (\\n: newline)")
+            yield from self._setting("stop at", "gen-stop", "", [], placeholder="text; \\n newline")
             yield Label("context", classes="gen-label")
             yield Checkbox("whole chat", False, id="gen-context", compact=True,
                            tooltip="Feed the whole conversation so far as context, not just the new prompt")
         with VerticalScroll(id="gen-transcript"):
             yield Static("Type a prompt below and press Enter; the model continues it.", id="gen-empty")
         with Horizontal(id="gen-input-row"):
-            yield Input(placeholder="prompt (Enter sends; empty starts from a newline)", id="gen-prompt", compact=True)
+            yield Input(placeholder="your prompt, then Enter (empty: from a newline)", id="gen-prompt", compact=True)
             yield Button("Send", id="gen-send", variant="primary", compact=True)
             yield Button("Stop", id="gen-stop-button", variant="error", compact=True, disabled=True)
             yield Button("Clear", id="gen-clear", compact=True)
