@@ -142,6 +142,11 @@ class RunInfo:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def has_weights(self) -> bool:
+        """Whether evaluated weights are saved (only then can the run be loaded for generation)."""
+        return (Path(self.path) / WEIGHTS).is_file()
+
 
 class RunStore:
     def __init__(self, workspace: Workspace):
@@ -187,7 +192,7 @@ class RunStore:
         return matches[0]
 
     def newest(self) -> Run | None:
-        infos = [i for i in self.list() if not i.damaged and (Path(i.path) / WEIGHTS).is_file()]
+        infos = [i for i in self.list() if not i.damaged and i.has_weights]
         if not infos:
             return None
         return self.resolve(max(infos, key=lambda i: i.created).id)

@@ -305,6 +305,7 @@ class TrainJob:
             return elapsed_before + time.time() - t_start
 
         def save(status: str) -> None:
+            nonlocal t_checkpoint
             state = {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "best_val_loss": best, "best_val_bpb": best_bpb, "bad_evals": bad_evals, "elapsed": elapsed(),
@@ -314,6 +315,7 @@ class TrainJob:
             atomic_write(run.file(CHECKPOINT), lambda p: torch.save(state, p))
             run.write_state(status=status, step=step, best_val_loss=_finite(best), best_val_bpb=best_bpb,
                             duration=round(elapsed(), 1), heartbeat=time.time())
+            t_checkpoint = time.time()
 
         def evaluate() -> None:
             nonlocal best, best_bpb, bad_evals, last_eval_step
@@ -393,13 +395,11 @@ class TrainJob:
             if last:
                 evaluate()
                 save("running")
-                t_checkpoint = time.time()
                 if config.patience and bad_evals >= config.patience:
                     reason = f"early stopping: no improvement in {config.patience} evaluations"
                     break
             elif time.time() - t_checkpoint >= CHECKPOINT_SECONDS:
                 save("running")
-                t_checkpoint = time.time()
             if config.sample_interval and step % config.sample_interval == 0:
                 sample_gen.manual_seed(config.seed + step)
                 model.eval()

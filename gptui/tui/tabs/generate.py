@@ -18,7 +18,7 @@ from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from gptui.core.errors import GptuiError, InputError
-from gptui.core.runs import WEIGHTS, RunInfo, RunStore
+from gptui.core.runs import RunInfo, RunStore
 from gptui.core.sampling import SamplingSettings, save_transcript, unescape
 from gptui.core.workspace import Workspace
 from gptui.tui.formatting import human_number, loss_text
@@ -117,7 +117,7 @@ class GenerateTab(Vertical):
 
     def set_runs(self, infos: list[RunInfo], select: str | None = None) -> None:
         """The runs that have weights to load (newest first); keeps the current choice unless told otherwise."""
-        usable = [i for i in infos if not i.damaged and (i.path and _has_weights(i))]
+        usable = [i for i in infos if not i.damaged and i.path and i.has_weights]
         usable.sort(key=lambda i: i.created, reverse=True)
         new = {i.id: i for i in usable}
         choice = select or (self.run_id if self.run_id in new else None) or (usable[0].id if usable else None)
@@ -320,9 +320,3 @@ class GenerateTab(Vertical):
             return
         self.last_saved = path
         self.notify(f"Saved {path.name} in {self.run_id}/generations/.", title="Transcript saved")
-
-
-def _has_weights(info: RunInfo) -> bool:
-    from pathlib import Path
-
-    return (Path(info.path) / WEIGHTS).is_file()

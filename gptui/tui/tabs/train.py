@@ -62,7 +62,6 @@ class TrainTab(Vertical):
         self._stop_requested = False
         self._worker: Worker | None = None
         self._max_iters = 0
-        self._pace_start: tuple[int, float] | None = None  # (step, elapsed) of the first report, for the ETA
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="train-controls"):
@@ -235,7 +234,6 @@ class TrainTab(Vertical):
             self._set_status(f"preparing: {e.stage}")
         elif isinstance(e, ev.Started):
             self.run_id = e.run_id
-            self._pace_start = None
             self._max_iters = e.max_iters
             if e.start_step:
                 self._load_history(e.run_path, plot)
@@ -247,7 +245,7 @@ class TrainTab(Vertical):
         elif isinstance(e, ev.Step):
             self.query_one("#train-progress", ProgressBar).update(total=e.max_iters, progress=e.step)
             self.query_one("#train-step", Label).update(f"step {e.step:,} / {e.max_iters:,}")
-            eta = f"ETA {human_duration(self._eta(e))}" if e.eta_seconds is not None else ""
+            eta = f"ETA {human_duration(e.eta_seconds)}" if e.eta_seconds is not None else ""
             self.query_one("#train-eta", Label).update(f"{eta} · {human_duration(e.elapsed)} elapsed")
             plot.append("train", e.step, e.loss)
             self.stats.update(loss=loss_text(e.loss), lr=f"{e.lr:.2e}", speed=f"{e.tokens_per_sec:,.0f} tok/s",
@@ -267,17 +265,6 @@ class TrainTab(Vertical):
         elif isinstance(e, ev.Finished):
             self._finished(e)
         self._show_stats()
-
-    def _eta(self, e: ev.Step) -> float | None:
-        """Seconds left at the pace of this session so far (evaluations included), which jumps less than
-        the engine's pace of the last half second; the engine's figure until two reports are in."""
-        if self._pace_start is None:
-            self._pace_start = (e.step, e.elapsed)
-            return e.eta_seconds
-        steps, seconds = e.step - self._pace_start[0], e.elapsed - self._pace_start[1]
-        if steps <= 0 or seconds <= 0:
-            return e.eta_seconds
-        return seconds / steps * (e.max_iters - e.step)
 
     def _finished(self, e: ev.Finished) -> None:
         status = f"{e.status}: {e.reason}"
