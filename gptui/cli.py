@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", default="", help="stop when this text appears (\\n\\n for a blank line)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="precision of the weights while generating (auto: bfloat16 where the device has it)")
+    g.add_argument("--num-samples", type=int, default=1, metavar="N",
+                   help="continuations decoded together in one batch (1-64), printed one after another")
     g.add_argument("--save", action="store_true", help="save the transcript in the run's generations/")
 
     r = sub.add_parser("runs", help="list runs")
@@ -253,7 +257,9 @@ def _hms(seconds: float) -> str:
 
 def cmd_generate(args, workspace) -> int:
     from gptui.core.runs import RunStore
+    from gptui.core.sampling import check_num_samples
 
+    check_num_samples(args.num_samples)
     store = RunStore(workspace)
     if args.prompt_file:
         try:
@@ -273,7 +279,7 @@ def cmd_generate(args, workspace) -> int:
         if run is None:
             raise InputError(f"no trained runs in {store.root}; train one first (gptui train --input NAME)")
 
-    from gptui.core.generate import load_model, stream_text
+    from gptui.core.generate import load_model, stream_samples
     from gptui.core.sampling import SamplingSettings, save_transcript, unescape
 
     settings = SamplingSettings(
@@ -281,20 +287,32 @@ def cmd_generate(args, workspace) -> int:
         seed=args.seed, stop=unescape(args.stop),
     )
     settings.check()
-    loaded = load_model(run, args.device)
+    n = args.num_samples
+    loaded = load_model(run, args.device, args.dtype)
     out = sys.stdout
-    pieces = []
-    out.write(prompt)
+    texts = [""] * n
+    # the first sample streams as it decodes; the others (decoded in the same batch) follow it
+    out.write(_sample_heading(1, n) + prompt)
     out.flush()
-    for piece in stream_text(loaded, prompt, settings):
-        pieces.append(piece)
-        out.write(piece)
-        out.flush()
+    for k, piece in stream_samples(loaded, prompt, settings, n):
+        texts[k] += piece
+        if k == 0:
+            out.write(piece)
+            out.flush()
     out.write("\n")
+    for k in range(1, n):
+        out.write(_sample_heading(k + 1, n) + prompt + texts[k] + "\n")
+    out.flush()
     if args.save:
-        path = save_transcript(run, settings, prompt, prompt + "".join(pieces), "generation")
+        body = "\n".join(_sample_heading(k + 1, n) + prompt + text for k, text in enumerate(texts))
+        extra = {"dtype": loaded.dtype} | ({"num_samples": str(n)} if n > 1 else {})
+        path = save_transcript(run, settings, prompt, body, "generation", **extra)
         print(f"saved {path}", file=sys.stderr)
     return 0
+
+
+def _sample_heading(k: int, n: int) -> str:
+    return f"--- sample {k} ---\n" if n > 1 else ""
 
 
 def cmd_runs(args, workspace) -> int:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from gptui.core.errors import InputError
+from gptui.core.sampling import INFERENCE_DTYPES
 
 
 def cuda_available() -> bool:
@@ -60,6 +61,28 @@ def pick_dtype(requested: str, device: str) -> str:
     if device == "cpu":
         return "bfloat16" if cpu_has_bf16() else "float32"
     return "float32"
+
+
+def bf16_native(device: str) -> bool:
+    """Whether the device computes bfloat16 natively (CUDA with bf16; CPUs with AVX512-BF16 or AMX)."""
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device == "cpu" and cpu_has_bf16()
+
+
+def pick_inference_dtype(requested: str, device: str) -> str:
+    """The precision a model is cast to, once, for generation: bfloat16 where the device computes it natively
+    (half the bytes to read per token), float32 elsewhere; float32 gives exactly the trained model's logits."""
+    if requested not in INFERENCE_DTYPES:
+        raise InputError(f"unknown dtype {requested!r} (choose {', '.join(INFERENCE_DTYPES)})")
+    if requested == "float32":
+        return requested
+    if requested == "bfloat16" and not (bf16_native(device) or device == "mps"):
+        where = "this GPU" if device == "cuda" else "this CPU (no AVX512-BF16 or AMX)"
+        raise InputError(f"bfloat16 generation is not supported on {where}; use --dtype float32 or auto")
+    if requested == "auto" and not bf16_native(device):
+        return "float32"
+    return "bfloat16"
 
 
 def autocast(device: str, dtype: str):

@@ -1,22 +1,102 @@
-"""Generation: load a saved run, then stream text from it token by token with a KV cache."""
+"""Generation: load a saved run, then stream text from it token by token with a KV cache.
+
+The one-token decode step has the same tensor shapes at every position (see `GPT.decode`), so on CUDA it is
+captured once as a CUDA graph and replayed: a token then costs one graph launch instead of ~100 kernel launches,
+and attention backends never plan per length. Several continuations of one prompt decode together as a batch.
+The only host sync per token is reading the sampled ids back.
+"""
 
 from __future__ import annotations
 
 import codecs
 import json
+import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.nn import functional as F
 
 from gptui.core.config import config_from_dict
-from gptui.core.device import pick_device
+from gptui.core.device import pick_device, pick_inference_dtype
 from gptui.core.errors import DamagedRun, InputError
 from gptui.core.model import GPT, ModelConfig
 from gptui.core.runs import TOKENIZER, WEIGHTS, Run, check_run
-from gptui.core.sampling import SamplingSettings
+from gptui.core.sampling import SamplingSettings, check_num_samples
 from gptui.core.tokenizer import Tokenizer, load_tokenizer
+
+log = logging.getLogger("gptui")
+
+# why CUDA graph capture failed in this process, once it has: later decoders go straight to eager
+_graph_failure: str | None = None
+
+
+class Decoder:
+    """A model's KV cache for `batch` sequences and the one-token step over it.
+
+    `prefill` fills the cache from a prompt (exact logits, any length up to block_size); `step` decodes one token
+    per sequence. On CUDA the step is captured as a CUDA graph on first use and replayed after; when capture
+    fails the decoder says so once (`on_notice`, else the "gptui" logger) and decodes eagerly."""
+
+    def __init__(self, model: GPT, batch: int = 1, graphs: bool | None = None,
+                 on_notice: Callable[[str], None] | None = None):
+        self.model = model
+        self.batch = batch
+        self.cache = model.new_cache(batch)
+        device = model.lm_head.weight.device
+        self.idx = torch.zeros((batch, 1), dtype=torch.long, device=device)
+        self.use_graph = (device.type == "cuda" if graphs is None else graphs) and _graph_failure is None
+        self.graph = None
+        self.logits: torch.Tensor | None = None  # the graph's output buffer
+        self.on_notice = on_notice
+
+    @property
+    def full(self) -> bool:
+        return self.cache.pos >= self.cache.block_size
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        """Empty the cache and fill it with `ids` (batch x T); the logits after the last one (batch x vocab)."""
+        self.cache.reset()
+        logits, _ = self.model(ids, cache=self.cache)
+        return logits[:, -1]
+
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        """Append one token per sequence (`ids`: batch) and return the logits after it (batch x vocab)."""
+        if self.full:
+            raise ValueError("the KV cache is full: prefill it again before stepping")
+        self.idx.copy_(ids.view(self.batch, 1))
+        if self.use_graph and self.graph is None:
+            self._capture()
+        if self.graph is not None:
+            self.graph.replay()
+            logits = self.logits
+        else:
+            logits = self.model.decode(self.idx, self.cache)
+        self.cache.pos += 1
+        return logits[:, -1]
+
+    def _capture(self) -> None:
+        global _graph_failure
+        position = self.cache.pos  # warm-up steps write at this (still empty) slot; the position is restored
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # pick kernels and allocate workspaces outside the graph
+                for _ in range(2):
+                    self.model.decode(self.idx, self.cache)
+                    self.cache.position.fill_(position)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.logits = self.model.decode(self.idx, self.cache)
+            self.graph = graph
+        except Exception as exc:
+            self.graph, self.logits, self.use_graph = None, None, False
+            _graph_failure = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+            notice = f"CUDA graph capture failed ({_graph_failure}); decoding eagerly"
+            (self.on_notice or log.warning)(notice)
+        finally:
+            self.cache.position.fill_(position)
 
 
 @dataclass
@@ -25,14 +105,24 @@ class LoadedModel:
     model: GPT
     tokenizer: Tokenizer
     device: str
+    dtype: str = "float32"
+    _decoder: Decoder | None = field(default=None, repr=False)
 
     @property
     def block_size(self) -> int:
         return self.model.config.block_size
 
+    def decoder(self, batch: int) -> Decoder:
+        """A decoder for `batch` sequences, kept between prompts (its CUDA graph is captured once)."""
+        if self._decoder is None or self._decoder.batch != batch:
+            self._decoder = None  # free the old cache first
+            self._decoder = Decoder(self.model, batch)
+        return self._decoder
 
-def load_model(run: Run, device: str = "auto") -> LoadedModel:
-    """Load the best weights of a run from safetensors (never pickle), on CPU unless told otherwise."""
+
+def load_model(run: Run, device: str = "auto", dtype: str = "float32") -> LoadedModel:
+    """Load the best weights of a run from safetensors (never pickle), then cast them once to `dtype`
+    ("float32", "bfloat16", or "auto": bfloat16 where the device computes it natively)."""
     from safetensors.torch import load_model as load_safetensors
 
     problem = check_run(run)
@@ -40,6 +130,8 @@ def load_model(run: Run, device: str = "auto") -> LoadedModel:
         raise DamagedRun(f"run {run.id} is damaged: {problem}")
     if not run.file(WEIGHTS).exists():
         raise InputError(f"run {run.id} has no saved weights yet (it has not reached its first evaluation)")
+    dev = pick_device(device)
+    precision = pick_inference_dtype(dtype, dev)
     try:
         saved = run.read_config()
         config = config_from_dict(saved["settings"])
@@ -48,9 +140,8 @@ def load_model(run: Run, device: str = "auto") -> LoadedModel:
         load_safetensors(model, str(run.file(WEIGHTS)))
     except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as exc:
         raise DamagedRun(f"run {run.id} could not be loaded: {str(exc).splitlines()[0][:200]}") from None
-    dev = pick_device(device)
-    model.to(dev).eval()
-    return LoadedModel(run, model, tokenizer, dev)
+    model.to(device=dev, dtype=getattr(torch, precision)).eval()
+    return LoadedModel(run, model, tokenizer, dev, precision)
 
 
 def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -67,7 +158,61 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
     return logits
 
 
+def _pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+          generator: torch.Generator | None) -> torch.Tensor:
+    """The next token of each sequence (batch,), sampled on the device (no host sync)."""
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = F.softmax(_filter_logits(logits / temperature, top_k, top_p), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).view(-1)
+
+
 @torch.no_grad()
+def sample_batch(
+    model: GPT,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    num_samples: int = 1,
+    decoder: Decoder | None = None,
+) -> Iterator[list[int]]:
+    """Yield, step by step, the next token of each of `num_samples` continuations of one prompt.
+
+    With the cache, each step costs one position's forward pass for the whole batch; when the context reaches
+    block_size, the cache is refilled from the last half block. Without it, the last block_size tokens are
+    recomputed every step (the reference the cache is measured against)."""
+    block = model.config.block_size
+    device = model.lm_head.weight.device
+    prompt = list(prompt_ids) or [0]
+    history = torch.empty((num_samples, len(prompt) + max_new_tokens), dtype=torch.long, device=device)
+    history[:, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+    n = len(prompt)
+    if use_cache:
+        if decoder is None or decoder.batch != num_samples or decoder.model is not model:
+            decoder = Decoder(model, num_samples)
+        logits = decoder.prefill(history[:, max(0, n - block) : n])
+    else:
+        logits = model(history[:, max(0, n - block) : n])[0][:, -1]
+    for i in range(max_new_tokens):
+        nxt = _pick(logits, temperature, top_k, top_p, generator)
+        history[:, n] = nxt
+        n += 1
+        yield nxt.tolist()  # the one host sync per token
+        if i + 1 == max_new_tokens:
+            return
+        if not use_cache:
+            logits = model(history[:, max(0, n - block) : n])[0][:, -1]
+        elif decoder.full:
+            logits = decoder.prefill(history[:, n - block // 2 : n])
+        else:
+            logits = decoder.step(nxt)
+
+
 def sample_ids(
     model: GPT,
     prompt_ids: list[int],
@@ -77,34 +222,105 @@ def sample_ids(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    decoder: Decoder | None = None,
 ) -> Iterator[int]:
-    """Yield new token ids one at a time. With the cache, each token costs one position's forward pass;
-    when the context reaches block_size, the cache is refilled from the last half block."""
-    block = model.config.block_size
-    device = model.lm_head.weight.device
-    ids = list(prompt_ids) or [0]
-    cache = model.new_cache() if use_cache else None
-    pending = ids[-block:]  # tokens not yet in the cache
-    for _ in range(max_new_tokens):
-        if cache is None:
-            logits, _ = model(torch.tensor([ids[-block:]], device=device))
-        else:
-            if cache.pos + len(pending) > block:
-                cache.reset()
-                pending = ids[-(block // 2) :]
-            if cache.pos > 0 and len(pending) > 1:  # the cache takes one token at a time after its prefill
-                cache.reset()
-                pending = ids[-block:]
-            logits, _ = model(torch.tensor([pending], device=device), cache=cache)
-        logits = logits[0, -1].float()
-        if temperature == 0:
-            nxt = int(torch.argmax(logits))
-        else:
-            probs = F.softmax(_filter_logits(logits / temperature, top_k, top_p), dim=-1)
-            nxt = int(torch.multinomial(probs, 1, generator=generator))
-        ids.append(nxt)
-        pending = [nxt]
-        yield nxt
+    """Yield new token ids of one continuation, one at a time (see `sample_batch`)."""
+    for ids in sample_batch(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, generator, use_cache,
+                            1, decoder):
+        yield ids[0]
+
+
+class TrainingSampler:
+    """The trainer's periodic samples: the model's own weights as they are (no copy, no autocast), through one
+    decoder kept for the whole run, so a sample costs a fraction of a training step's time per token."""
+
+    def __init__(self, model: GPT, prompt_ids: list[int], tokens: int, seed: int,
+                 on_notice: Callable[[str], None] | None = None):
+        self.model, self.prompt_ids, self.tokens, self.seed = model, prompt_ids, tokens, seed
+        self.on_notice = on_notice
+        self.decoder: Decoder | None = None
+        self.generator = torch.Generator(device=model.lm_head.weight.device)
+
+    def sample(self, step: int) -> list[int]:
+        if self.decoder is None:
+            self.decoder = Decoder(self.model, 1, on_notice=self.on_notice)
+        self.generator.manual_seed(self.seed + step)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return list(sample_ids(self.model, self.prompt_ids, self.tokens, 0.8, 0, 1.0, self.generator,
+                                   decoder=self.decoder))
+        finally:
+            self.model.train(was_training)
+
+
+class _TextAssembler:
+    """Turns one continuation's tokens into text pieces: whole UTF-8 characters only, and nothing from the stop
+    string on (text that could be its start is held back until it is clear)."""
+
+    def __init__(self, tokenizer: Tokenizer, stop: str):
+        self.tokenizer, self.stop = tokenizer, stop
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.held = ""
+        self.done = False
+
+    def feed(self, token: int) -> str:
+        self.held += self.utf8.decode(self.tokenizer.token_bytes[token])
+        if not self.stop:
+            out, self.held = self.held, ""
+            return out
+        cut = self.held.find(self.stop)
+        if cut >= 0:
+            self.done = True
+            out, self.held = self.held[:cut], ""
+            return out
+        keep = _partial_suffix(self.held, self.stop)
+        out, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
+        return out
+
+    def finish(self) -> str:
+        if self.done:
+            return ""
+        self.done = True
+        out, self.held = self.held + self.utf8.decode(b"", final=True), ""
+        return out
+
+
+def stream_samples(
+    loaded: LoadedModel,
+    prompt: str,
+    settings: SamplingSettings,
+    num_samples: int = 1,
+    should_stop: Callable[[], bool] | None = None,
+    use_cache: bool = True,
+) -> Iterator[tuple[int, str]]:
+    """Yield (sample index, piece) while `num_samples` continuations of `prompt` decode together in one batch;
+    each ends at its stop string or after max_new_tokens. The same seed gives the same texts."""
+    settings.check()
+    check_num_samples(num_samples)
+    tok = loaded.tokenizer
+    prompt_ids = tok.encode(prompt) if prompt else []
+    if not prompt_ids:
+        prompt_ids = tok.encode("\n") if _encodable(tok, "\n") else [0]
+    generator = torch.Generator(device=loaded.device)
+    generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
+    texts = [_TextAssembler(tok, settings.stop) for _ in range(num_samples)]
+    decoder = loaded.decoder(num_samples) if use_cache else None
+    for ids in sample_batch(
+        loaded.model, prompt_ids, settings.max_new_tokens, settings.temperature, settings.top_k, settings.top_p,
+        generator, use_cache, num_samples, decoder,
+    ):
+        for k, (text, token) in enumerate(zip(texts, ids, strict=True)):
+            if not text.done:
+                piece = text.feed(token)
+                if piece:
+                    yield k, piece
+        if all(t.done for t in texts) or (should_stop and should_stop()):
+            break
+    for k, text in enumerate(texts):
+        piece = text.finish()
+        if piece:
+            yield k, piece
 
 
 def stream_text(
@@ -115,37 +331,15 @@ def stream_text(
     use_cache: bool = True,
 ) -> Iterator[str]:
     """Yield pieces of the continuation of `prompt` as they are produced (whole UTF-8 characters only)."""
-    settings.check()
-    tok = loaded.tokenizer
-    prompt_ids = tok.encode(prompt) if prompt else []
-    if not prompt_ids:
-        prompt_ids = tok.encode("\n") if _encodable(tok, "\n") else [0]
-    generator = torch.Generator(device=loaded.device)
-    generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    held = ""  # text held back while it could be the start of the stop string
-    for token in sample_ids(
-        loaded.model, prompt_ids, settings.max_new_tokens, settings.temperature, settings.top_k, settings.top_p,
-        generator, use_cache,
-    ):
-        held += decoder.decode(tok.token_bytes[token])
-        if settings.stop:
-            cut = held.find(settings.stop)
-            if cut >= 0:
-                if held[:cut]:
-                    yield held[:cut]
-                return
-            keep = _partial_suffix(held, settings.stop)
-            out, held = held[: len(held) - keep], held[len(held) - keep :]
-        else:
-            out, held = held, ""
-        if out:
-            yield out
-        if should_stop and should_stop():
-            break
-    held += decoder.decode(b"", final=True)
-    if held:
-        yield held
+    for _, piece in stream_samples(loaded, prompt, settings, 1, should_stop, use_cache):
+        yield piece
+
+
+def generate_samples(loaded: LoadedModel, prompt: str, settings: SamplingSettings, num_samples: int) -> list[str]:
+    texts = [""] * num_samples
+    for k, piece in stream_samples(loaded, prompt, settings, num_samples):
+        texts[k] += piece
+    return texts
 
 
 def _partial_suffix(text: str, stop: str) -> int:

@@ -46,16 +46,27 @@ class LayerNorm(nn.Module):
 
 
 class KVCache:
-    """Keys and values of every layer for positions already seen, preallocated to block_size."""
+    """Keys and values of every layer, preallocated to block_size.
+
+    `pos` (a Python int) counts the filled positions; `position` holds the same number on the device, so a
+    one-token decode step reads and advances it without a host sync and with the same tensor shapes at every
+    position (what CUDA graphs and attention backends that plan per shape need)."""
 
     def __init__(self, n_layer: int, batch: int, n_head: int, block_size: int, head_dim: int, device, dtype):
         shape = (batch, n_head, block_size, head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.pos = 0  # number of positions filled
+        self.block_size = block_size
+        self.pos = 0
+        self.position = torch.zeros((), dtype=torch.long, device=device)
+        self.slots = torch.arange(block_size, device=device).view(1, block_size)
+        self.filled = torch.zeros(1, block_size, dtype=torch.bool, device=device)  # set per decode step
+        self.mask = torch.zeros(1, block_size, dtype=dtype, device=device)  # 0 where filled, -inf elsewhere
+        self.mask_values = torch.tensor([0.0, float("-inf")], dtype=dtype, device=device)
 
     def reset(self) -> None:
         self.pos = 0
+        self.position.zero_()
 
 
 class CausalSelfAttention(nn.Module):
@@ -69,7 +80,7 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.dropout = config.dropout
 
-    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0, decode: bool = False):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
@@ -84,15 +95,19 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
             )
+        elif not decode:
+            # prefill from an empty cache: plain causal attention over the prompt, keys and values kept
+            cache.k[layer][:, :, :T] = k
+            cache.v[layer][:, :, :T] = v
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
         else:
-            start = cache.pos
-            cache.k[layer][:, :, start : start + T] = k
-            cache.v[layer][:, :, start : start + T] = v
-            k = cache.k[layer][:, :, : start + T]
-            v = cache.v[layer][:, :, : start + T]
-            # a prefill from an empty cache is plain causal attention; one new token sees every cached key
-            assert start == 0 or T == 1, "the KV cache takes a prefill from empty, then one token at a time"
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=start == 0 and T > 1)
+            # one new token: write its key and value at the device-side position, then attend over the whole
+            # preallocated cache with a mask of the filled slots; every step has the same shapes
+            kept = cache.k[layer].dtype  # may be wider than the weights' (see GPT.new_cache)
+            cache.k[layer].index_copy_(2, cache.position.view(1), k.to(kept))
+            cache.v[layer].index_copy_(2, cache.position.view(1), v.to(kept))
+            y = F.scaled_dot_product_attention(q.to(kept), cache.k[layer], cache.v[layer], attn_mask=cache.mask)
+            y = y.to(x.dtype)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -118,9 +133,9 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0, decode: bool = False):
         # pre-LayerNorm residual block, as in GPT-2
-        x = x + self.attn(self.ln_1(x), cache, layer)
+        x = x + self.attn(self.ln_1(x), cache, layer, decode)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -162,17 +177,25 @@ class GPT(nn.Module):
         return n
 
     def forward(self, idx, targets=None, cache: KVCache | None = None):
-        """Logits for every position (training) or for the last one only (generation, or no targets)."""
+        """Logits for every position (training), or for the last one only (no targets). With a cache: a prefill
+        of the prompt into an empty cache, then one token at a time (see `decode`)."""
         B, T = idx.size()
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        if cache is not None and start > 0:
+            if T != 1:
+                raise ValueError("the KV cache takes a prefill from empty, then one token at a time")
+            logits = self.decode(idx, cache)
+            cache.pos += 1
+            return logits, None
+        pos = torch.arange(0, T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache, i)
         if cache is not None:
-            cache.pos += T
+            cache.pos = T
+            cache.position.fill_(T)
         x = self.transformer.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)
@@ -181,10 +204,27 @@ class GPT(nn.Module):
         # inference: only the last position's logits are needed
         return self.lm_head(x[:, [-1], :]), None
 
+    def decode(self, idx, cache: KVCache):
+        """One token per sequence (idx: B x 1) at the cache's device-side position, which it advances.
+
+        Touches no Python-side state and has the same shapes at every position, so it can be captured once as a
+        CUDA graph and replayed; the caller keeps `cache.pos` (it must be below block_size)."""
+        # an additive mask, made once per step for all layers (a boolean one is converted in every layer)
+        torch.le(cache.slots, cache.position, out=cache.filled)
+        torch.where(cache.filled, cache.mask_values[0], cache.mask_values[1], out=cache.mask)
+        x = self.transformer.wte(idx) + self.transformer.wpe(cache.position)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cache, i, decode=True)
+        cache.position.add_(1)
+        return self.lm_head(self.transformer.ln_f(x))
+
     def new_cache(self, batch: int = 1) -> KVCache:
         c = self.config
         w = self.lm_head.weight
-        return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.n_embd // c.n_head, w.device, w.dtype)
+        # the cache takes the weights' precision, except bfloat16 on a CPU: there the fused attention kernels are
+        # ~5x slower in bf16 than in fp32 for one query over the cache, and the cache is small beside the weights
+        dtype = torch.float32 if w.device.type == "cpu" and w.dtype == torch.bfloat16 else w.dtype
+        return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.n_embd // c.n_head, w.device, dtype)
 
     def configure_optimizer(self, weight_decay: float, lr: float, betas: tuple[float, float], device_type: str):
         # decay matrices (2-D weights and embeddings); never biases or LayerNorm gains

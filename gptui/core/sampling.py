@@ -37,6 +37,16 @@ class SamplingSettings:
         return self
 
 
+MAX_SAMPLES = 64  # continuations decoded together in one batch
+INFERENCE_DTYPES = ("auto", "float32", "bfloat16")  # precisions a model can be cast to for generating
+
+
+def check_num_samples(n: int) -> int:
+    if not 1 <= n <= MAX_SAMPLES:
+        raise InputError(f"number of samples must be between 1 and {MAX_SAMPLES}, not {n}")
+    return n
+
+
 def unescape(text: str) -> str:
     """Turn the escapes a person types (\\n, \\t, \\r, \\\\) into characters; leave everything else as typed."""
     table = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}

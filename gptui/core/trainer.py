@@ -33,7 +33,7 @@ from gptui.core.data import BatchSampler, Dataset, TokenizerSpec, prepare
 from gptui.core.device import autocast, memory_reading, pick_device, pick_dtype, setup_backend
 from gptui.core.errors import GptuiError, InputError
 from gptui.core.fsio import atomic_write
-from gptui.core.generate import sample_ids
+from gptui.core.generate import TrainingSampler
 from gptui.core.model import GPT, ModelConfig
 from gptui.core.runs import CHECKPOINT, TOKENIZER, WEIGHTS, Run, RunStore, pid_alive
 from gptui.core.tokenizer import load_tokenizer
@@ -288,8 +288,7 @@ class TrainJob:
 
         ctx = autocast(device, dtype)
         val_batches_seed = config.seed + 1
-        sample_gen = torch.Generator(device=device)
-        sample_prompt = _sample_prompt(data)
+        sampler = TrainingSampler(model, _sample_prompt(data), config.sample_tokens, config.seed, self.log)
         tokens_per_step = config.batch_size * config.block_size * config.grad_accum
         t_start = time.time()
         t_report = time.perf_counter()
@@ -401,12 +400,7 @@ class TrainJob:
             elif time.time() - t_checkpoint >= CHECKPOINT_SECONDS:
                 save("running")
             if config.sample_interval and step % config.sample_interval == 0:
-                sample_gen.manual_seed(config.seed + step)
-                model.eval()
-                with ctx:
-                    ids = list(sample_ids(model, sample_prompt, config.sample_tokens, 0.8, 0, 1.0, sample_gen))
-                model.train()
-                text = data.tokenizer.decode(ids)
+                text = data.tokenizer.decode(sampler.sample(step))
                 self.emit(ev.Sample(step, text))
                 self.log(f"sample at step {step}:\n{text}\n")
 

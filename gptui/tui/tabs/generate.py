@@ -19,7 +19,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from gptui.core.errors import GptuiError, InputError
 from gptui.core.runs import RunInfo, RunStore
-from gptui.core.sampling import SamplingSettings, save_transcript, unescape
+from gptui.core.sampling import INFERENCE_DTYPES, SamplingSettings, save_transcript, unescape
 from gptui.core.workspace import Workspace
 from gptui.tui.formatting import human_number, loss_text
 
@@ -64,9 +64,9 @@ class GenerateTab(Vertical):
             self.text = text
 
     class _Done(Message):
-        def __init__(self, error: str | None = None, tokens_per_sec: float | None = None) -> None:
+        def __init__(self, error: str | None = None, speed: str = "") -> None:
             super().__init__()
-            self.error, self.tokens_per_sec = error, tokens_per_sec
+            self.error, self.speed = error, speed
 
     def __init__(self, workspace: Workspace, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -75,7 +75,9 @@ class GenerateTab(Vertical):
         self.run_id: str | None = None
         self.turns: list[Turn] = []
         self.last_settings = SamplingSettings()
+        self.last_speed = ""  # tokens/s and precision of the last reply
         self._loaded: Any = None  # gptui.core.generate.LoadedModel, cached between prompts
+        self._loaded_dtype = ""  # the precision asked for when it was loaded
         self._stop = threading.Event()
         self._worker: Worker | None = None
 
@@ -96,6 +98,10 @@ class GenerateTab(Vertical):
             yield Label("context", classes="gen-label")
             yield Checkbox("whole chat", False, id="gen-context", compact=True,
                            tooltip="Feed the whole conversation so far as context, not just the new prompt")
+            yield Label("precision", classes="gen-label")
+            yield Select([(d, d) for d in INFERENCE_DTYPES], value="auto", allow_blank=False, id="gen-dtype",
+                         compact=True, tooltip="Weights cast once for generating: auto takes bfloat16 where the "
+                         "device computes it natively; float32 gives the trained model's exact logits")
         with VerticalScroll(id="gen-transcript"):
             yield Static("Type a prompt below and press Enter; the model continues it.", id="gen-empty")
         with Horizontal(id="gen-input-row"):
@@ -146,11 +152,14 @@ class GenerateTab(Vertical):
         if run_id != self.run_id:
             self.run_id = run_id
             self._loaded = None  # loaded again, lazily, on the next prompt
+            self.last_speed = ""
         info = self.runs.get(run_id or "")
         text = "Train a model first (Train tab)." if info is None else (
             f"{human_number(info.params)} params · {info.tokenizer} · {info.steps:,} steps · "
             f"val loss {loss_text(info.best_val_loss)}"
         )
+        if info is not None and self.last_speed:
+            text += f" · last reply {self.last_speed}"
         self.query_one("#gen-run-info", Static).update(text)
 
     # --- sending a prompt --------------------------------------------------------------------------------------
@@ -181,7 +190,8 @@ class GenerateTab(Vertical):
         self._add_turn(Turn("You", prompt or "(empty prompt)"))
         self._add_turn(Turn(f"Model · {self.run_id}", model=True))
         self._stop.clear()
-        self._worker = self._generate(self.run_id, context + prompt, settings)
+        dtype = self.query_one("#gen-dtype", Select).value
+        self._worker = self._generate(self.run_id, context + prompt, settings, str(dtype))
         self._sync_buttons()
 
     def sampling_settings(self) -> SamplingSettings:
@@ -221,16 +231,17 @@ class GenerateTab(Vertical):
         transcript.scroll_end(animate=False)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="generate")
-    def _generate(self, run_id: str, prompt: str, settings: SamplingSettings) -> None:
+    def _generate(self, run_id: str, prompt: str, settings: SamplingSettings, dtype: str) -> None:
         worker = get_current_worker()
         try:
             from gptui.core.generate import load_model, stream_text  # loads torch
 
             loaded = self._loaded
-            if loaded is None or loaded.run.id != run_id:
+            if loaded is None or (loaded.run.id, self._loaded_dtype) != (run_id, dtype):
                 self.post_message(self._Status(f"loading {run_id}…"))
-                loaded = load_model(RunStore(self.workspace).resolve(run_id))
-                self._loaded = loaded
+                self._loaded = None  # let the previous copy go before loading another
+                loaded = load_model(RunStore(self.workspace).resolve(run_id), dtype=dtype)
+                self._loaded, self._loaded_dtype = loaded, dtype
             self.post_message(self._Status("generating…"))
             pending: list[str] = []
             last = start = time.monotonic()
@@ -245,7 +256,8 @@ class GenerateTab(Vertical):
                     last = time.monotonic()
             if pending:
                 self.post_message(self._Piece("".join(pending)))
-            self.post_message(self._Done(tokens_per_sec=count / max(1e-9, time.monotonic() - start)))
+            speed = f"{count / max(1e-9, time.monotonic() - start):,.0f} tok/s ({loaded.dtype}, {loaded.device})"
+            self.post_message(self._Done(speed=speed))
         except GptuiError as exc:
             self.post_message(self._Done(error=str(exc)))
         except Exception as exc:  # one line on screen, never a traceback
@@ -263,6 +275,7 @@ class GenerateTab(Vertical):
 
     @on(_Done)
     def _done(self, message: _Done) -> None:
+        self.last_speed = message.speed
         self._choose(self.run_id)
         if message.error:
             self.notify(message.error, severity="error", title="Generation failed")
