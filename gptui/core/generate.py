@@ -125,13 +125,13 @@ def load_model(run: Run, device: str = "auto", dtype: str = "float32") -> Loaded
     ("float32", "bfloat16", or "auto": bfloat16 where the device computes it natively)."""
     from safetensors.torch import load_model as load_safetensors
 
+    dev = pick_device(device)
+    precision = pick_inference_dtype(dtype, dev)
     problem = check_run(run)
     if problem:
         raise DamagedRun(f"run {run.id} is damaged: {problem}")
     if not run.file(WEIGHTS).exists():
         raise InputError(f"run {run.id} has no saved weights yet (it has not reached its first evaluation)")
-    dev = pick_device(device)
-    precision = pick_inference_dtype(dtype, dev)
     try:
         saved = run.read_config()
         config = config_from_dict(saved["settings"])

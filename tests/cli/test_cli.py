@@ -78,6 +78,54 @@ def test_runs_table_and_json(home, trained):
     assert entry["best_val_loss"] == pytest.approx(summary["best_val_loss"])
 
 
+def test_generate_several_samples_in_one_batch(home, trained):
+    _, summary = trained
+    args = ["generate", "--run", summary["run"], "--prompt", "First", "--seed", "4", "--max-new-tokens", "15",
+            "--num-samples", "3", "--dtype", "float32"]
+    a = gptui(home, *args)
+    assert a.returncode == 0, a.stderr
+    assert gptui(home, *args).stdout == a.stdout, "same seed, same samples"
+    parts = a.stdout.split("--- sample ")
+    assert parts[0] == "" and [p.split(" ---\n")[0] for p in parts[1:]] == ["1", "2", "3"]
+    texts = [p.split(" ---\n", 1)[1].rstrip("\n") for p in parts[1:]]
+    assert all(t.startswith("First") and len(t) == len("First") + 15 for t in texts)
+    assert len(set(texts)) > 1
+
+    saved = gptui(home, *args, "--save")
+    assert saved.returncode == 0 and saved.stdout == a.stdout
+    path = Path(saved.stderr.strip().split("saved ", 1)[1])
+    content = path.read_text(encoding="utf-8")
+    assert "# num_samples: 3" in content and "# dtype: float32" in content
+    assert all(t in content for t in texts)
+    path.unlink()
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--num-samples", "0"], "between 1 and 64"),
+    (["--num-samples", "65"], "between 1 and 64"),
+    (["--dtype", "float16"], "float16"),
+])
+def test_generate_bad_samples_or_dtype(home, trained, args, fragment):
+    assert_one_line_error(gptui(home, "generate", "--run", trained[1]["run"], *args), 2, fragment)
+
+
+def test_generate_bfloat16_where_unsupported_exits_2(tmp_path, monkeypatch, capsys):
+    """In-process, with the CPU made to lack bf16: one line, exit 2, nothing written."""
+    import gptui.core.device as device
+    from gptui.cli import main
+
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
+    run = tmp_path / "models" / "run-1"
+    run.mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json", "model.safetensors", "state.json"):
+        (run / name).write_text("{}")
+    code = main(["--home", str(tmp_path), "generate", "--run", "run-1", "--device", "cpu", "--dtype", "bfloat16"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "bfloat16" in err and "float32" in err
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "model.safetensors", "state.json",
+                                                     "tokenizer.json"]
+
+
 def test_generate_same_seed_same_text_and_save(home, trained):
     _, summary = trained
     prefix = summary["run"][:15]  # date-time: unique while this module's home has one run
@@ -311,9 +359,9 @@ def test_generate_stop_string_is_passed_through(tmp_path, monkeypatch, capsys, r
 
     def fake_stream(loaded, prompt, settings, *a, **k):
         seen["stop"] = settings.stop
-        yield "ok"
+        yield 0, "ok"
 
-    monkeypatch.setattr(generate, "load_model", lambda run, device="auto": object())
-    monkeypatch.setattr(generate, "stream_text", fake_stream)
+    monkeypatch.setattr(generate, "load_model", lambda run, device="auto", dtype="auto": object())
+    monkeypatch.setattr(generate, "stream_samples", fake_stream)
     assert main(["--home", str(tmp_path), "generate", "--run", "run-1", "--stop", raw]) == 0
     assert seen["stop"] == expected
