@@ -2,7 +2,8 @@
 
     python bench/run.py [--quick] [--only NAME ...] [--json FILE]
 
-NAME is one of: train_throughput, kv_cache, tokenizer, time_to_quality, tui_first_frame (each adds several rows).
+NAME is one of: train_throughput, kv_cache, generation, train_sample_overhead, tokenizer, time_to_quality,
+tui_first_frame (each adds one or more rows).
 Prints a table of rows (name, value, unit, target, ok); `--json` writes the same rows as a list of objects with
 exactly those keys. `ok` is true/false for a row with a target and null for an informational row; `value` is
 "n/a" when a row could not be measured (its reason is printed under the table).
@@ -30,7 +31,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))  # the reference implementations next to this file
 
-GROUPS = ("train_throughput", "kv_cache", "tokenizer", "time_to_quality", "tui_first_frame")
+GROUPS = ("train_throughput", "kv_cache", "generation", "train_sample_overhead", "tokenizer", "time_to_quality",
+          "tui_first_frame")
 
 
 @dataclass
@@ -204,58 +206,172 @@ def bench_train_throughput(plan: Plan, tmp: Path) -> list[Row]:
 # --- 2. KV cache ---------------------------------------------------------------------------------------------
 
 
-def bench_kv_cache(plan: Plan, tmp: Path) -> list[Row]:
-    """500 tokens from a lecture-size model (random weights), with and without the KV cache, in lockstep: the two
-    generators take turns token by token (which one goes first alternates), so load on the shared machine
-    falls on both alike. Each pass gives one ratio of total times; the row is the median over passes."""
+def lecture_model(dtype_name: str = "float32"):
+    """The lecture preset's model (char vocabulary of the sample, random weights) in `dtype_name`, for decoding."""
     import torch
 
     from gptui.core.config import preset_config
-    from gptui.core.generate import sample_ids
     from gptui.core.model import GPT, ModelConfig
 
-    config = preset_config("lecture")
     torch.manual_seed(0)
-    model = GPT(ModelConfig.from_config(config, 65)).eval()
-    prompt = [0]
+    model = GPT(ModelConfig.from_config(preset_config("lecture"), 65)).eval()
+    return model.to(getattr(torch, dtype_name))
+
+
+def lockstep(generators: dict, n: int, cap: float | None = None) -> tuple[dict, int]:
+    """Advance each generator one item at a time in turn (the order rotates every round) and add up each one's
+    time, so load on the shared machine falls on all alike; stop after `n` rounds or `cap` seconds."""
+    seconds = dict.fromkeys(generators, 0.0)
+    keys = list(generators)
+    start = time.perf_counter()
+    for i in range(n):
+        if cap is not None and time.perf_counter() - start > cap:
+            return seconds, i
+        for key in keys[i % len(keys):] + keys[: i % len(keys)]:
+            t = time.perf_counter()
+            next(generators[key])
+            seconds[key] += time.perf_counter() - t
+    return seconds, n
+
+
+def bench_kv_cache(plan: Plan, tmp: Path) -> list[Row]:
+    """500 tokens from a lecture-size model (random weights), with and without the KV cache, in lockstep (token by
+    token, alternating which goes first). The target row compares float32 with float32 (as the target was set);
+    a second row does the same at the precision `gptui generate` picks here (--dtype auto), where it differs. Each
+    pass gives one ratio of total times; a row is the median over passes."""
+    import torch
+
+    from gptui.core.device import pick_inference_dtype
+    from gptui.core.generate import sample_ids
+
     n_tokens = 500
+    auto = pick_inference_dtype("auto", "cpu")
+    rows: list[Row] = []
+    for dtype in dict.fromkeys(("float32", auto)):
+        model = lecture_model(dtype)
 
-    def lockstep(n: int, cap: float | None = None) -> tuple[dict[bool, float], int]:
-        gens = {c: sample_ids(model, prompt, n, 1.0, 0, 1.0, torch.Generator().manual_seed(1), c)
-                for c in (True, False)}
-        seconds = {True: 0.0, False: 0.0}
-        start = time.perf_counter()
-        for i in range(n):
-            if cap is not None and time.perf_counter() - start > cap:
-                return seconds, i
-            for use_cache in ((True, False) if i % 2 == 0 else (False, True)):
-                t = time.perf_counter()
-                next(gens[use_cache])
-                seconds[use_cache] += time.perf_counter() - t
-        return seconds, n
+        def gens(model=model):
+            return {c: sample_ids(model, [0], n_tokens, 1.0, 0, 1.0, torch.Generator().manual_seed(1), c)
+                    for c in (True, False)}
 
-    lockstep(20)  # warm-up
-    log(f"kv_cache: {plan.kv_reps} pass(es) of 500 tokens with and without the cache in lockstep, "
-        f"block {config.block_size}")
-    cached, full, counts = [], [], []
-    for rep in range(plan.kv_reps):
-        s, done = lockstep(n_tokens, plan.kv_cap_seconds)
-        cached.append(s[True] / done)
-        full.append(s[False] / done)
-        counts.append(done)
-        log(f"  kv_cache: pass {rep + 1}: {done} tokens, cache {s[True]:.2f}s, no cache {s[False]:.2f}s")
-    ratio = median([f / c for c, f in zip(cached, full, strict=True)])
-    cut = ""
-    if min(counts) < n_tokens:
-        cut = (f"; quick mode's {plan.kv_cap_seconds:g}s cap stopped a pass at {min(counts)} tokens: the ratio over "
-               "the first tokens (shorter contexts) understates the 500-token one")
+        lockstep(gens(), 20)  # warm-up
+        log(f"kv_cache: {plan.kv_reps} pass(es) of {n_tokens} tokens with and without the cache in lockstep, "
+            f"{dtype}, block {model.config.block_size}")
+        cached, full, counts = [], [], []
+        for rep in range(plan.kv_reps):
+            s, done = lockstep(gens(), n_tokens, plan.kv_cap_seconds)
+            cached.append(s[True] / done)
+            full.append(s[False] / done)
+            counts.append(done)
+            log(f"  kv_cache {dtype}: pass {rep + 1}: {done} tokens, cache {s[True]:.2f}s, no cache {s[False]:.2f}s")
+        ratio = median([f / c for c, f in zip(cached, full, strict=True)])
+        cut = ""
+        if min(counts) < n_tokens:
+            cut = (f"; quick mode's {plan.kv_cap_seconds:g}s cap stopped a pass at {min(counts)} tokens: the ratio "
+                   "over the first tokens (shorter contexts) understates the 500-token one")
+        what = (f"{n_tokens} tokens, block {model.config.block_size}, lecture-size model ({dtype}, random weights), "
+                f"median of {plan.kv_reps} lockstep pass(es), {torch.get_num_threads()} torch threads{cut}")
+        if dtype == "float32":
+            rows += [
+                Row("kv_cache", round(ratio, 2), "x", ">= 10", ratio >= 10, what),
+                Row("kv_cache_tok_s", round(1 / median(cached), 1), "tok/s", "", None, "with the cache, float32"),
+                Row("kv_cache_nocache_tok_s", round(1 / median(full), 1), "tok/s", "", None,
+                    "recomputing the whole context per token, float32"),
+            ]
+        else:
+            rows += [
+                Row(f"kv_cache_{dtype}", round(ratio, 2), "x", "", None, f"{what}; --dtype auto = {dtype}"),
+                Row(f"kv_cache_tok_s_{dtype}", round(1 / median(cached), 1), "tok/s", "", None,
+                    f"with the cache, {dtype}"),
+            ]
+    return rows
+
+
+# --- 2b. generation speed: precision and batch -------------------------------------------------------------
+
+
+def bench_generation(plan: Plan, tmp: Path) -> list[Row]:
+    """Decoding speed of the lecture model with the KV cache: bfloat16 against float32 weights (where this CPU has
+    native bf16), and 8 samples in one batch against 1, each pair in lockstep."""
+    import torch
+
+    from gptui.core.device import cpu_has_bf16, pick_inference_dtype
+    from gptui.core.generate import sample_batch
+
+    n_tokens = 200 if plan.quick else 500
+    rows: list[Row] = []
+
+    def decode(model, batch: int, seed: int = 1):
+        return sample_batch(model, [0], n_tokens, 1.0, 0, 1.0, torch.Generator().manual_seed(seed),
+                            num_samples=batch)
+
+    if cpu_has_bf16():
+        models = {d: lecture_model(d) for d in ("float32", "bfloat16")}
+        lockstep({d: decode(m, 1) for d, m in models.items()}, 20)
+        log(f"gen_tok_s: {n_tokens} tokens, float32 and bfloat16 weights in lockstep")
+        s, done = lockstep({d: decode(m, 1) for d, m in models.items()}, n_tokens)
+        fp32, bf16 = done / s["float32"], done / s["bfloat16"]
+        rows += [
+            Row("gen_tok_s_fp32", round(fp32, 1), "tok/s", "", None,
+                f"lecture model, KV cache, batch 1, {done} tokens from a 1-token prompt"),
+            Row("gen_tok_s_bf16", round(bf16, 1), "tok/s", "", None, "the same, weights cast once to bfloat16"),
+            Row("gen_bf16_speedup", round(bf16 / fp32, 2), "x", "> 1", bf16 > fp32,
+                "bfloat16 against float32 tokens/s, same run"),
+        ]
+    else:
+        rows.append(Row("gen_tok_s_bf16", "n/a", "tok/s", "", None, "this CPU has no native bfloat16"))
+
+    dtype = pick_inference_dtype("auto", "cpu")
+    model = lecture_model(dtype)
+    lockstep({1: decode(model, 1), 8: decode(model, 8)}, 10)
+    log(f"gen_batch: {n_tokens} steps of 1 and of 8 samples in lockstep ({dtype})")
+    s, done = lockstep({1: decode(model, 1), 8: decode(model, 8)}, n_tokens)
+    one, eight = done / s[1], 8 * done / s[8]
+    rows += [
+        Row("gen_batch", round(eight / one, 2), "x", "", None,
+            f"tokens/s of 8 samples in one batch ({eight:,.0f}) against 1 ({one:,.0f}), lecture model, {dtype}"),
+    ]
+    return rows
+
+
+def bench_train_sample_overhead(plan: Plan, tmp: Path) -> list[Row]:
+    """The tiny preset trained on the sample corpus with its own sampling settings (a 200-token sample every 250
+    steps); the wall time spent inside the trainer's samples against the whole run's. Quick mode trains the first
+    250 steps (one sample), the full run the preset's 1000."""
+    from gptui.core import generate
+    from gptui.core.config import apply_overrides, preset_config
+    from gptui.core.trainer import TrainJob
+    from gptui.core.workspace import Workspace
+
+    config = preset_config("tiny")
+    if plan.quick:
+        config = apply_overrides(config, {"max_iters": config.sample_interval})
+    spent: list[float] = []
+    real = generate.TrainingSampler.sample
+
+    def timed(self, step):
+        t = time.perf_counter()
+        try:
+            return real(self, step)
+        finally:
+            spent.append(time.perf_counter() - t)
+
+    ws = Workspace(tmp / "samples").ensure()
+    log(f"train_sample_overhead: tiny preset, {config.max_iters} steps, a sample every {config.sample_interval}")
+    generate.TrainingSampler.sample = timed
+    try:
+        t = time.perf_counter()
+        finished = TrainJob(ws, "tinyshakespeare", config, name="bench-samples").run()
+        total = time.perf_counter() - t
+    finally:
+        generate.TrainingSampler.sample = real
+    if finished.status != "completed" or not spent:
+        raise RuntimeError(f"run ended {finished.status} ({finished.reason}) with {len(spent)} samples")
+    share = 100 * sum(spent) / total
     return [
-        Row("kv_cache", round(ratio, 2), "x", ">= 5", ratio >= 5,
-            f"500 tokens, block {config.block_size}, lecture-size model (fp32, random weights), "
-            f"median of {plan.kv_reps} lockstep pass(es), {torch.get_num_threads()} torch threads{cut}"),
-        Row("kv_cache_tok_s", round(1 / median(cached), 1), "tok/s", "", None, "with the cache"),
-        Row("kv_cache_nocache_tok_s", round(1 / median(full), 1), "tok/s", "", None,
-            "recomputing the whole context per token"),
+        Row("train_sample_overhead", round(share, 2), "% of run", "< 5", share < 5,
+            f"{len(spent)} sample(s) of {config.sample_tokens} tokens took {sum(spent):.2f}s of a "
+            f"{total:.0f}s tiny run ({config.max_iters} steps, preset defaults otherwise)"),
     ]
 
 
@@ -496,6 +612,8 @@ def bench_tui_first_frame(plan: Plan, tmp: Path) -> list[Row]:
 BENCHES: dict[str, Callable[[Plan, Path], list[Row]]] = {
     "train_throughput": bench_train_throughput,
     "kv_cache": bench_kv_cache,
+    "generation": bench_generation,
+    "train_sample_overhead": bench_train_sample_overhead,
     "tokenizer": bench_tokenizer,
     "time_to_quality": bench_time_to_quality,
     "tui_first_frame": bench_tui_first_frame,

@@ -1,7 +1,9 @@
 """GPU training and generation speed at the `lecture` and `seed` presets, eager and compiled.
 
-Prints one table: tokens/s, MFU against a bf16 matmul peak measured here, peak memory, time per step, and the
-KV-cache generation speed-up. Runs on CPU too (`--device cpu --quick`) so the script itself is tested here.
+Prints three tables: training tokens/s, MFU against a bf16 matmul peak measured here, peak memory and time per
+step; decoding speed of the lecture model (float32/bfloat16, cache/no cache, ms per token over the first and last
+50 tokens, 8 samples in one batch, whether the CUDA graph was captured); and the share of a training run spent
+in its samples. Runs on CPU too (`--device cpu --quick`) so the script itself is tested here.
 Usage: python scripts/gpu_bench.py [--device cuda] [--quick] [--steps N]
 """
 
@@ -15,8 +17,8 @@ import torch
 
 from gptui.core.config import apply_overrides, flops_per_token, preset_config
 from gptui.core.data import BatchSampler
-from gptui.core.device import autocast, pick_dtype, setup_backend
-from gptui.core.generate import sample_ids
+from gptui.core.device import autocast, bf16_native, pick_dtype, setup_backend
+from gptui.core.generate import Decoder, sample_batch
 from gptui.core.model import GPT, ModelConfig
 
 
@@ -85,21 +87,81 @@ def train_speed(preset: str, device: str, compiled: bool, steps: int, quick: boo
     }
 
 
-def generation_speed(device: str, tokens: int) -> tuple[float, float]:
+def decode_row(device: str, dtype: str, use_cache: bool, tokens: int, batch: int = 1) -> dict:
+    """The lecture model (random weights, cast once to `dtype`) decoding `tokens` tokens from a 1-token prompt:
+    tokens/s and the mean ms per token over the first and the last 50 (flat means no per-length cost)."""
     config = preset_config("lecture")
     torch.manual_seed(0)
-    model = GPT(ModelConfig.from_config(config, 65)).to(device).eval()
-    out = {}
-    for use_cache in (True, False):
-        gen = torch.Generator(device=device).manual_seed(0)
-        with autocast(device, pick_dtype("auto", device)):
-            list(sample_ids(model, [0], 8, 1.0, 0, 1.0, gen, use_cache))  # warm-up
-            sync(device)
+    model = GPT(ModelConfig.from_config(config, 65)).to(device=device, dtype=getattr(torch, dtype)).eval()
+    decoder = Decoder(model, batch) if use_cache else None
+    gen = torch.Generator(device=device).manual_seed(0)
+    for _ in sample_batch(model, [0], 8, 1.0, 0, 1.0, gen, use_cache, batch, decoder):  # warm-up, capture
+        pass
+    times = []
+    sync(device)
+    t = time.perf_counter()
+    for _ in sample_batch(model, [0], tokens, 1.0, 0, 1.0, gen, use_cache, batch, decoder):
+        now = time.perf_counter()  # each step ends with reading the ids back: a sync
+        times.append(now - t)
+        t = now
+    total = sum(times)
+    edge = min(50, tokens // 2)
+    return {
+        "dtype": dtype, "cache": use_cache, "batch": batch, "tok_s": batch * tokens / total,
+        "first_ms": 1000 * sum(times[:edge]) / edge, "last_ms": 1000 * sum(times[-edge:]) / edge,
+        "graph": bool(decoder is not None and decoder.graph is not None),
+    }
+
+
+def decode_table(device: str, tokens: int) -> None:
+    dtypes = ["float32"] + (["bfloat16"] if bf16_native(device) else [])
+    print(f"\ndecode, lecture model, {tokens} tokens from a 1-token prompt (block 256: one refill past 256)")
+    print(f"{'dtype':<9} {'cache':<6} {'batch':>5} {'tok/s':>10} {'ms/tok first':>13} {'ms/tok last':>12} "
+          f"{'flat':>5} {'graph':>6}")
+    rows = [(d, c, 1) for d in dtypes for c in (True, False)] + [(dtypes[-1], True, 8)]
+    for dtype, use_cache, batch in rows:
+        try:
+            r = decode_row(device, dtype, use_cache, tokens, batch)
+        except Exception as exc:
+            print(f"{dtype:<9} {str(use_cache):<6} {batch:>5} failed: {type(exc).__name__}: {str(exc)[:80]}")
+            continue
+        flat = r["last_ms"] <= 1.25 * r["first_ms"]
+        print(f"{dtype:<9} {str(use_cache):<6} {batch:>5} {r['tok_s']:>10,.0f} {r['first_ms']:>13.2f} "
+              f"{r['last_ms']:>12.2f} {'yes' if flat else 'NO':>5} {'yes' if r['graph'] else 'no':>6}")
+
+
+def sample_overhead(device: str, preset: str, steps: int, quick: bool) -> dict:
+    """A real TrainJob on the sample corpus with the preset's sampling settings: the share of wall time spent in
+    the trainer's samples."""
+    import tempfile
+
+    from gptui.core import generate
+    from gptui.core.trainer import TrainJob
+    from gptui.core.workspace import Workspace
+
+    quick_sets = {"batch_size": 4, "sample_tokens": 20, "warmup_iters": 0, "sample_interval": steps // 2}
+    config = apply_overrides(preset_config(preset), {"max_iters": steps, "device": device, "eval_iters": 20}
+                             | (quick_sets if quick else {}))
+    spent: list[float] = []
+    real = generate.TrainingSampler.sample
+
+    def timed(self, step):
+        t = time.perf_counter()
+        try:
+            return real(self, step)
+        finally:
+            spent.append(time.perf_counter() - t)
+
+    generate.TrainingSampler.sample = timed
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
-            list(sample_ids(model, [0], tokens, 1.0, 0, 1.0, gen, use_cache))
-            sync(device)
-        out[use_cache] = tokens / (time.perf_counter() - t)
-    return out[True], out[False]
+            finished = TrainJob(Workspace(tmp).ensure(), "tinyshakespeare", config).run()
+            total = time.perf_counter() - t
+    finally:
+        generate.TrainingSampler.sample = real
+    return {"preset": preset, "steps": finished.step, "samples": len(spent), "sample_s": sum(spent),
+            "total_s": total, "share": 100 * sum(spent) / total}
 
 
 def main() -> None:
@@ -128,9 +190,17 @@ def main() -> None:
                 continue
             print(f"{r['preset']:<8} {r['mode']:<9} {r['dtype']:<9} {r['tok_s']:>12,.0f} "
                   f"{r['flops'] / peak:>6.1%} {r['ms_step']:>9.1f} {r['peak_mem'] / 2**30:>8.2f}GB")
-    cached, full = generation_speed(device, 50 if args.quick else 500)
-    print(f"generation (lecture, {50 if args.quick else 500} tokens): KV cache {cached:,.0f} tok/s, "
-          f"full recompute {full:,.0f} tok/s, speed-up {cached / full:.1f}x")
+    decode_table(device, 60 if args.quick else 300)
+    print("\ntraining samples (tiny: 1000 steps, a 200-token sample every 250; lecture: 500 steps, one sample)")
+    for preset, steps in (("tiny", 30 if args.quick else 1000), ("lecture", 10 if args.quick else 500)):
+        steps_note = "quick: batch 4, two 20-token samples" if args.quick else "eval_iters 20"
+        try:
+            r = sample_overhead(device, preset, steps, args.quick)
+        except Exception as exc:
+            print(f"{preset:<8} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}")
+            continue
+        print(f"{preset:<8} {r['steps']} steps in {r['total_s']:.1f}s, {r['samples']} sample(s) took "
+              f"{r['sample_s']:.2f}s: {r['share']:.2f}% of the run ({steps_note})")
 
 
 if __name__ == "__main__":
