@@ -125,6 +125,16 @@ SETTINGS: tuple[Setting, ...] = (
     _s("dropout", float, 0.0, "model", "Dropout probability during training (0 turns it off).", min=0.0, max=0.9),
     _s("bias", bool, False, "model", "Use bias terms in Linear and LayerNorm layers.", choices=None),
     _s("mlp_ratio", int, 4, "model", "MLP hidden width as a multiple of n_embd (the old fwd_expansion).", min=1, max=16),
+    _s("pos_embedding", str, "learned", "model", "Learned position table (GPT-2) or rope (rotary, even head size).",
+       choices=("learned", "rope")),
+    _s("norm", str, "layernorm", "model", "layernorm (GPT-2) or rmsnorm (a gain only, no bias).",
+       choices=("layernorm", "rmsnorm")),
+    _s("qk_norm", bool, False, "model", "Normalise queries and keys (RMS, per head) before attention."),
+    _s("mlp", str, "gelu", "model", "gelu (GPT-2), relu2 (ReLU²) or swiglu (2/3 as wide, rounded up to 8).",
+       choices=("gelu", "relu2", "swiglu")),
+    _s("tie_embeddings", bool, True, "model", "Share the token embedding with the output head (GPT-2)."),
+    _s("logit_softcap", float, 0.0, "model", "Soft-cap the logits at this value with tanh (0 turns it off).",
+       min=0.0, max=1000.0),
     # data and tokenizer
     _s("tokenizer", str, "bpe", "data", "bpe: byte-level BPE; char: one token per character (the lecture's).",
        choices=("bpe", "char")),
@@ -143,6 +153,11 @@ SETTINGS: tuple[Setting, ...] = (
     _s("beta1", float, 0.9, "optim", "AdamW beta1.", min=0.0, max=0.999999),
     _s("beta2", float, 0.99, "optim", "AdamW beta2.", min=0.0, max=0.999999),
     _s("grad_clip", float, 1.0, "optim", "Clip the gradient norm to this (0 turns clipping off).", min=0.0, max=1e6),
+    _s("optimizer", str, "adamw", "optim", "adamw, or muon: Muon for the blocks' matrices, AdamW for the rest.",
+       choices=("adamw", "muon")),
+    _s("muon_lr", float, 0.02, "optim", "Muon's peak learning rate (follows the same warm-up and decay as lr).",
+       min=0.0, max=10.0, min_exclusive=True),
+    _s("muon_momentum", float, 0.95, "optim", "Muon's momentum (Nesterov).", min=0.0, max=0.999999),
     # schedule and evaluation
     _s("max_iters", int, 1000, "schedule", "Optimizer steps to train for.", min=1, max=100_000_000),
     _s("eval_interval", int, 100, "schedule", "Evaluate train and val loss every this many steps.",
@@ -229,6 +244,9 @@ def validate(config: Config) -> dict[str, str]:
         problems["n_head"] = f"n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})"
     if not problems.keys() & {"lr", "min_lr"} and config.min_lr > config.lr:
         problems["min_lr"] = f"min_lr ({config.min_lr:g}) must not exceed lr ({config.lr:g})"
+    head_size = config.n_embd // config.n_head if not problems.keys() & {"n_embd", "n_head"} else 0
+    if config.pos_embedding == "rope" and head_size % 2:
+        problems["pos_embedding"] = f"rope needs an even head size (n_embd / n_head = {head_size})"
     if not problems.keys() & {"warmup_iters", "max_iters"} and config.warmup_iters >= config.max_iters:
         problems["warmup_iters"] = (
             f"warmup_iters ({config.warmup_iters}) must be smaller than max_iters ({config.max_iters})"
@@ -293,32 +311,65 @@ def effective_vocab(config: Config, char_vocab: int = 96) -> int:
     return char_vocab if config.tokenizer == "char" else config.vocab_size
 
 
+def mlp_hidden(kind: str, ratio: int, n_embd: int) -> int:
+    """The MLP's hidden width: ratio x n_embd; for SwiGLU 2/3 of that rounded up to a multiple of 8, so its three
+    matrices hold about as many weights as the two of a GELU MLP (as in Llama)."""
+    if kind == "swiglu":
+        return -(-2 * ratio * n_embd // 24) * 8  # ceil(2/3 * ratio * n_embd / 8) * 8
+    return ratio * n_embd
+
+
+def _hidden_matrix_params(config: Config) -> int:
+    d = config.n_embd
+    h = mlp_hidden(config.mlp, config.mlp_ratio, d)
+    fc = 2 * h if config.mlp == "swiglu" else h
+    return config.n_layer * (d * 3 * d + d * d + d * fc + h * d)
+
+
 def estimate_params(config: Config, vocab_size: int | None = None) -> int:
-    """Parameter count of the model `config` describes (embeddings tied, position embeddings included)."""
+    """Parameter count of the model `config` describes, exactly (tested against the built model)."""
     v = vocab_size or effective_vocab(config)
-    d, L, h = config.n_embd, config.n_layer, config.mlp_ratio * config.n_embd
+    d, L = config.n_embd, config.n_layer
+    h = mlp_hidden(config.mlp, config.mlp_ratio, d)
+    fc = 2 * h if config.mlp == "swiglu" else h
     b = 1 if config.bias else 0
-    ln = d * (1 + b)
-    attn = d * 3 * d + 3 * d * b + d * d + d * b
-    mlp = d * h + h * b + h * d + d * b
-    return v * d + config.block_size * d + L * (2 * ln + attn + mlp) + ln
+    norm = d if config.norm == "rmsnorm" else d * (1 + b)
+    biases = (3 * d + d + fc + d) * b
+    embeddings = v * d * (1 if config.tie_embeddings else 2)
+    positions = config.block_size * d if config.pos_embedding == "learned" else 0
+    return embeddings + positions + _hidden_matrix_params(config) + L * (2 * norm + biases) + norm
 
 
-def tokens_per_step(config: Config) -> int:
-    return config.batch_size * config.block_size * config.grad_accum
+def optimizer_state_elements(config: Config, vocab_size: int | None = None) -> int:
+    """Numbers the optimizer keeps: AdamW's two moments per parameter; Muon's one momentum buffer per matrix."""
+    params = estimate_params(config, vocab_size)
+    muon = _hidden_matrix_params(config) if config.optimizer == "muon" else 0
+    return 2 * (params - muon) + muon
+
+
+def tokens_per_step(config: Config, world_size: int = 1) -> int:
+    """Tokens in one optimizer step (the global batch): batch_size x block_size x grad_accum x processes."""
+    return config.batch_size * config.block_size * config.grad_accum * world_size
 
 
 def estimate_memory_bytes(config: Config, vocab_size: int | None = None) -> int:
-    """Rough training memory: weights, gradients and AdamW moments in fp32, plus activations of one micro-batch."""
+    """Training memory: weights, gradients and optimizer state in fp32 (exact), plus a rough count of the
+    activations one micro-batch keeps."""
     v = vocab_size or effective_vocab(config)
     params = estimate_params(config, v)
     b, t, d, L = config.batch_size, config.block_size, config.n_embd, config.n_layer
-    act_per_layer = b * t * d * (10 + 2 * config.mlp_ratio)  # kept tensors per block, in elements
+    mlp_width = mlp_hidden(config.mlp, config.mlp_ratio, d) * (3 if config.mlp == "swiglu" else 2)
+    act_per_layer = b * t * (10 * d + mlp_width)  # kept tensors per block, in elements
     activations = L * act_per_layer + 3 * b * t * v  # + logits, their softmax and gradient
-    return 4 * (4 * params + activations)
+    return 4 * (2 * params + optimizer_state_elements(config, v) + activations)
 
 
 def flops_per_token(config: Config, vocab_size: int | None = None) -> int:
     """Training FLOPs per token (forward + backward), PaLM appendix B style: 6N + 12·L·T·d."""
-    n = estimate_params(config, vocab_size) - config.block_size * config.n_embd
+    v = vocab_size or effective_vocab(config)
+    n = estimate_params(config, v)
+    if config.pos_embedding == "learned":
+        n -= config.block_size * config.n_embd  # a table lookup, not a matmul
+    if not config.tie_embeddings:
+        n -= v * config.n_embd  # the input embedding is a lookup; the separate head is the matmul
     return 6 * n + 12 * config.n_layer * config.block_size * config.n_embd

@@ -1,7 +1,10 @@
 """A GPT in one readable file, in the manner of nanoGPT's model.py, with a KV cache for generation.
 
 References: Karpathy's "Let's build GPT" lecture and nanoGPT; GPT-2 (pre-LayerNorm, weight tying,
-scaled residual init); PyTorch's fused scaled_dot_product_attention.
+scaled residual init); PyTorch's fused scaled_dot_product_attention. The defaults are that model exactly; the
+options are the changes modded-nanogpt and nanochat made popular: rotary position embeddings (RoFormer), RMSNorm,
+QK-norm, ReLU² and SwiGLU MLPs, an untied output head, tanh soft-capping of the logits (Gemma 2), and the Muon
+optimizer for the hidden matrices.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+from gptui.core.config import mlp_hidden
 
 
 @dataclass
@@ -24,13 +29,17 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = False
     mlp_ratio: int = 4
+    pos_embedding: str = "learned"  # learned | rope
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    qk_norm: bool = False
+    mlp: str = "gelu"  # gelu | relu2 | swiglu
+    tie_embeddings: bool = True
+    logit_softcap: float = 0.0  # 0: off
 
     @classmethod
     def from_config(cls, config, vocab_size: int) -> ModelConfig:
-        return cls(
-            vocab_size=vocab_size, block_size=config.block_size, n_layer=config.n_layer, n_head=config.n_head,
-            n_embd=config.n_embd, dropout=config.dropout, bias=config.bias, mlp_ratio=config.mlp_ratio,
-        )
+        return cls(vocab_size=vocab_size, **{f: getattr(config, f) for f in cls.__dataclass_fields__
+                                             if f != "vocab_size"})
 
 
 class LayerNorm(nn.Module):
@@ -43,6 +52,44 @@ class LayerNorm(nn.Module):
 
     def forward(self, x):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm: scale by the root mean square, with a gain and never a bias (Zhang & Sennrich 2019)."""
+
+    def __init__(self, ndim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+
+    def forward(self, x):
+        return F.rms_norm(x, self.weight.shape, self.weight, 1e-5)
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    return RMSNorm(config.n_embd) if config.norm == "rmsnorm" else LayerNorm(config.n_embd, bias=config.bias)
+
+
+class Rotary(nn.Module):
+    """Rotary position embeddings (Su et al. 2021): each pair of query/key channels is rotated by an angle that
+    grows with the position, so attention scores depend on relative position. cos/sin are tables, not weights."""
+
+    def __init__(self, head_dim: int, block_size: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        angles = torch.outer(torch.arange(block_size, dtype=torch.float32), inv_freq)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin at `positions` (a range for a sequence, or a 0-d tensor for one decode step)."""
+        return self.cos[positions], self.sin[positions]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, D) by angles (T, D/2) (or (D/2,)): the first half of the channels pairs with the second."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
 
 
 class KVCache:
@@ -79,11 +126,16 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head = config.n_head
         self.dropout = config.dropout
+        self.qk_norm = config.qk_norm
 
-    def forward(self, x, cache: KVCache | None = None, layer: int = 0, decode: bool = False):
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0, decode: bool = False, rope=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if self.qk_norm:  # unit-RMS queries and keys keep attention logits bounded (nanochat, modded-nanogpt)
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is None and self.training and self.dropout > 0 and x.device.type == "cpu":
             # PyTorch's fused CPU attention kernel has no dropout, and SDPA's fallback for it is ~1.5x slower
             # than writing it out as in the lecture: scores, causal mask, softmax, dropout, weighted sum
@@ -113,29 +165,42 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
+    """GELU (GPT-2), ReLU² (Primer; modded-nanogpt) or SwiGLU (Shazeer 2020; Llama), whose c_fc holds the gate
+    and the value side by side."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
-        hidden = config.mlp_ratio * config.n_embd
-        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.gelu = nn.GELU()
+        hidden = mlp_hidden(config.mlp, config.mlp_ratio, config.n_embd)
+        self.kind = config.mlp
+        self.c_fc = nn.Linear(config.n_embd, 2 * hidden if self.kind == "swiglu" else hidden, bias=config.bias)
+        if self.kind == "gelu":
+            self.gelu = nn.GELU()
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_fc(x)
+        if self.kind == "gelu":
+            h = self.gelu(h)
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            gate, value = h.chunk(2, dim=-1)
+            h = F.silu(gate) * value
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache: KVCache | None = None, layer: int = 0, decode: bool = False):
-        # pre-LayerNorm residual block, as in GPT-2
-        x = x + self.attn(self.ln_1(x), cache, layer, decode)
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0, decode: bool = False, rope=None):
+        # pre-norm residual block, as in GPT-2
+        x = x + self.attn(self.ln_1(x), cache, layer, decode, rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -143,18 +208,20 @@ class GPT(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=LayerNorm(config.n_embd, bias=config.bias),
-            )
+        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.pos_embedding == "learned":
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        modules.update(
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=make_norm(config),
         )
+        self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # weight tying: the output projection reuses the token embedding (Press & Wolf 2017)
-        self.transformer.wte.weight = self.lm_head.weight
+        if config.tie_embeddings:
+            # weight tying: the output projection reuses the token embedding (Press & Wolf 2017)
+            self.transformer.wte.weight = self.lm_head.weight
+        self.rotary = Rotary(config.n_embd // config.n_head, config.block_size) if config.pos_embedding == "rope" else None
         self.apply(self._init_weights)
         # GPT-2 paper: scale residual projections by 1/sqrt(2 * n_layer) so the residual stream's variance
         # does not grow with depth
@@ -172,9 +239,23 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
         return n
+
+    def _embed(self, idx, positions):
+        """Token embeddings, plus learned position embeddings; or the rotary angles for attention to apply."""
+        x = self.transformer.wte(idx)
+        if self.rotary is not None:
+            return x, self.rotary.at(positions)
+        return x + self.transformer.wpe(positions), None
+
+    def _head(self, x):
+        logits = self.lm_head(self.transformer.ln_f(x))
+        cap = self.config.logit_softcap
+        if cap:  # tanh soft-capping keeps logits within (-cap, cap) smoothly (Gemma 2, modded-nanogpt)
+            logits = cap * torch.tanh(logits / cap)
+        return logits
 
     def forward(self, idx, targets=None, cache: KVCache | None = None):
         """Logits for every position (training), or for the last one only (no targets). With a cache: a prefill
@@ -189,20 +270,19 @@ class GPT(nn.Module):
             logits = self.decode(idx, cache)
             cache.pos += 1
             return logits, None
-        pos = torch.arange(0, T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x, rope = self._embed(idx, torch.arange(0, T, dtype=torch.long, device=idx.device))
+        x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache, i)
+            x = block(x, cache, i, rope=rope)
         if cache is not None:
             cache.pos = T
             cache.position.fill_(T)
-        x = self.transformer.ln_f(x)
         if targets is not None:
-            logits = self.lm_head(x)
+            logits = self._head(x)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
             return logits, loss
         # inference: only the last position's logits are needed
-        return self.lm_head(x[:, [-1], :]), None
+        return self._head(x[:, [-1], :]), None
 
     def decode(self, idx, cache: KVCache):
         """One token per sequence (idx: B x 1) at the cache's device-side position, which it advances.
@@ -212,11 +292,11 @@ class GPT(nn.Module):
         # an additive mask, made once per step for all layers (a boolean one is converted in every layer)
         torch.le(cache.slots, cache.position, out=cache.filled)
         torch.where(cache.filled, cache.mask_values[0], cache.mask_values[1], out=cache.mask)
-        x = self.transformer.wte(idx) + self.transformer.wpe(cache.position)
+        x, rope = self._embed(idx, cache.position)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache, i, decode=True)
+            x = block(x, cache, i, decode=True, rope=rope)
         cache.position.add_(1)
-        return self.lm_head(self.transformer.ln_f(x))
+        return self._head(x)
 
     def new_cache(self, batch: int = 1) -> KVCache:
         c = self.config
@@ -226,14 +306,61 @@ class GPT(nn.Module):
         dtype = torch.float32 if w.device.type == "cpu" and w.dtype == torch.bfloat16 else w.dtype
         return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.n_embd // c.n_head, w.device, dtype)
 
-    def configure_optimizer(self, weight_decay: float, lr: float, betas: tuple[float, float], device_type: str):
-        # decay matrices (2-D weights and embeddings); never biases or LayerNorm gains
+    def hidden_matrices(self) -> list[nn.Parameter]:
+        """The 2-D weights inside the blocks: what Muon optimizes (never embeddings, the head, gains or biases)."""
+        return [p for p in self.transformer.h.parameters() if p.dim() == 2 and p.requires_grad]
+
+    def configure_optimizer(self, weight_decay: float, lr: float, betas: tuple[float, float], device_type: str,
+                            optimizer: str = "adamw", muon_lr: float = 0.02, muon_momentum: float = 0.95):
+        """AdamW over everything, or (optimizer="muon") PyTorch's Muon over the hidden matrices and AdamW over the
+        rest, as modded-nanogpt and nanochat split them. Muon's groups carry `lr_scale` (muon_lr / lr), so one
+        schedule drives both: a group's lr is the scheduled lr times its lr_scale."""
         params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
+        hidden = {id(p) for p in self.hidden_matrices()} if optimizer == "muon" else set()
+        rest = [p for p in params if id(p) not in hidden]
+        # decay matrices (2-D weights and embeddings); never biases or norm gains
         groups = [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            {"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
         ]
         extra = {"fused": True} if device_type == "cuda" else {"foreach": True}
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, **extra)
+        adamw = torch.optim.AdamW(groups, lr=lr, betas=betas, **extra)
+        if not hidden:
+            return adamw
+        # no weight decay on Muon's matrices, as in modded-nanogpt and nanochat
+        muon = torch.optim.Muon([{"params": self.hidden_matrices(), "lr_scale": muon_lr / lr}], lr=muon_lr,
+                                weight_decay=0.0, momentum=muon_momentum)
+        return CombinedOptimizer([adamw, muon])
+
+
+class CombinedOptimizer:
+    """Several torch optimizers stepped, zeroed, saved and restored as one."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    @property
+    def state(self) -> dict:
+        return {k: v for o in self.optimizers for k, v in o.state.items()}
+
+    def step(self, closure=None):
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = state.get("optimizers")
+        if not isinstance(saved, list) or len(saved) != len(self.optimizers):
+            raise ValueError("the checkpoint's optimizer state does not match this optimizer")
+        for o, s in zip(self.optimizers, saved, strict=True):
+            o.load_state_dict(s)

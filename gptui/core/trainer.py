@@ -256,7 +256,8 @@ class TrainJob:
         dtype = pick_dtype(config.dtype, device)
         setup_backend(device)
         model = GPT(ModelConfig.from_config(config, data.tokenizer.vocab_size)).to(device)
-        optimizer = model.configure_optimizer(config.weight_decay, config.lr, (config.beta1, config.beta2), device)
+        optimizer = model.configure_optimizer(config.weight_decay, config.lr, (config.beta1, config.beta2), device,
+                                              config.optimizer, config.muon_lr, config.muon_momentum)
         scaler = torch.amp.GradScaler(device, enabled=dtype == "float16")
         train_batches = BatchSampler(data.train, config.block_size, config.batch_size, config.seed)
         step, best, bad_evals, elapsed_before = 0, math.inf, 0, 0.0
@@ -346,7 +347,7 @@ class TrainJob:
                 break
             lr = lr_at(step, config)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's groups run at muon_lr on the same schedule
             for _ in range(config.grad_accum):
                 x, y = train_batches.next()
                 if device == "cuda":  # pinned host memory lets the copy overlap the previous step's kernels
