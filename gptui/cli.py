@@ -7,7 +7,9 @@ with --debug). Heavy modules (torch, Textual) are imported inside the commands t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import signal
 import sys
 import time
@@ -37,6 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN", help="continue a stopped run (id or unique prefix)")
     t.add_argument("--max-minutes", type=float, help="stop after this many minutes")
     t.add_argument("--replace-errors", action="store_true", help="replace bytes that are not UTF-8")
+    d = t.add_argument_group("several processes (torchrun, DistributedDataParallel)")
+    d.add_argument("--nproc-per-node", type=int, metavar="N",
+                   help="processes on this machine (one per GPU on CUDA; gloo on the CPU)")
+    d.add_argument("--nnodes", type=int, metavar="M", help="machines in the job (default 1)")
+    d.add_argument("--node-rank", type=int, metavar="R", help="this machine's number, 0 to M-1")
+    d.add_argument("--master-addr", metavar="A", help="address of the machine with --node-rank 0")
+    d.add_argument("--master-port", type=int, metavar="P", help="a free port on that machine")
+    d.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="instead of --master-*: a rendezvous point")
+    d.add_argument("--rdzv-timeout", type=float, metavar="S",
+                   help="seconds to wait for the other machines to join (default 300)")
 
     g = sub.add_parser("generate", help="generate text from a saved run")
     g.add_argument("--run", help="run id or unique prefix (default: newest)")
@@ -141,9 +153,16 @@ def _config_from_args(args):
         raise InputError("; ".join(exc.problems.values())) from None
 
 
+LAUNCH_FLAGS = {"nnodes": "--nnodes", "node_rank": "--node-rank", "master_addr": "--master-addr",
+                "master_port": "--master-port", "rdzv_endpoint": "--rdzv-endpoint", "rdzv_timeout": "--rdzv-timeout"}
+
+
 def cmd_train(args, workspace) -> int:
     from gptui.core.config import ConfigError, parse_assignments
 
+    given = [flag for key, flag in LAUNCH_FLAGS.items() if getattr(args, key) is not None]
+    if given and args.nproc_per_node is None:
+        raise InputError(f"{given[0]} needs --nproc-per-node N (processes on this machine)")
     if not args.input and not args.resume:
         raise InputError("train needs --input NAME (a corpus in inputs/) or --resume RUN")
     if args.resume:
@@ -159,6 +178,13 @@ def cmd_train(args, workspace) -> int:
     else:
         config, overrides = _config_from_args(args)
 
+    if args.nproc_per_node is not None:
+        return _launch(args, workspace, config, overrides)
+
+    from gptui.core.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        return _train_rank(args, workspace, config, overrides)
     from gptui.core.trainer import TrainJob
 
     progress = ConsoleProgress(sys.stderr)
@@ -166,25 +192,160 @@ def cmd_train(args, workspace) -> int:
         workspace, args.input, config, name=args.name, resume=args.resume, overrides=overrides,
         on_event=progress, replace_errors=args.replace_errors,
     )
+    result = _run_job(job, progress)
+    _print_summary(result)
+    return 0
+
+
+def _run_job(job, progress):
+    """Run a TrainJob with ctrl-c and SIGTERM turned into a clean stop (a second ctrl-c aborts)."""
+    interrupt = os.environ.get("GPTUI_INTERRUPT_REASON") or "interrupted (ctrl-c)"
 
     def on_sigint(signum, frame):
         if job.stopping:
             raise KeyboardInterrupt
         progress.message("stopping: saving a checkpoint (ctrl-c again to abort)")
-        job.stop("interrupted (ctrl-c)")
+        job.stop(interrupt)
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     signal.signal(signal.SIGTERM, lambda s, f: job.stop("terminated (SIGTERM)"))
     try:
-        result = job.run()
+        return job.run()
     finally:
         signal.signal(signal.SIGINT, previous)
         progress.close()
+
+
+def _print_summary(result) -> None:
     print(json.dumps({"run": result.run_id, "status": result.status, "reason": result.reason,
                       "steps": result.step, "best_val_loss": result.best_val_loss,
                       "best_val_bpb": result.best_val_bpb, "seconds": round(result.duration, 1),
                       "tokens_per_sec": round(result.tokens_per_sec)}))
+
+
+def _launch(args, workspace, config, overrides) -> int:
+    """`train --nproc-per-node N ...`: check everything that can be checked here, then start torchrun."""
+    from gptui.core.launch import DEFAULT_RDZV_TIMEOUT, LaunchOptions, launch
+    from gptui.core.runs import CHECKPOINT, RunStore, pid_alive
+
+    options = LaunchOptions(
+        nproc_per_node=args.nproc_per_node, nnodes=1 if args.nnodes is None else args.nnodes,
+        node_rank=0 if args.node_rank is None else args.node_rank, master_addr=args.master_addr,
+        master_port=args.master_port, rdzv_endpoint=args.rdzv_endpoint,
+        rdzv_timeout=DEFAULT_RDZV_TIMEOUT if args.rdzv_timeout is None else args.rdzv_timeout,
+    ).check()
+    workspace.ensure()
+    device = str(overrides.get("device", "")).strip() or (config.device if config is not None else "auto")
+    if args.resume:
+        run = RunStore(workspace).resolve(args.resume)
+        state = run.read_state()
+        if state.get("status") == "running" and pid_alive(state):
+            raise InputError(f"run {run.id} is already training in another process")
+        if not run.file(CHECKPOINT).exists():
+            raise InputError(f"run {run.id} has no checkpoint to resume from")
+        if "device" not in overrides:
+            try:
+                device = str(run.read_config()["settings"]["device"])
+            except (OSError, ValueError, KeyError, TypeError):
+                device = "auto"
+    else:
+        workspace.corpus_path(args.input)
+    worker = ["--home", str(workspace.home)] + (["--debug"] if args.debug else []) + ["train"]
+    for flag, value in (("--input", args.input), ("--preset", args.preset), ("--name", args.name),
+                        ("--resume", args.resume)):
+        if value is not None:
+            worker += [flag, value]
+    for item in args.sets:
+        worker += ["--set", item]
+    if args.max_minutes is not None:
+        worker += ["--max-minutes", repr(args.max_minutes)]
+    if args.replace_errors:
+        worker.append("--replace-errors")
+    return launch(options, worker, device, debug=args.debug)
+
+
+def _train_rank(args, workspace, config, overrides) -> int:
+    """One process of a torchrun job: rank 0 reports like a single-process run; the others stay silent. A
+    failure is one line (under `gptui train --nproc-per-node`, the launcher prints it for the whole job).
+
+    The process ends with os._exit once its files and output are flushed: torch's gloo backend can abort
+    (SIGABRT, "terminate called without an active exception") in the interpreter's own teardown, which would
+    turn a finished rank into a failed one."""
+    code = _rank_job(args, workspace, config, overrides)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _rank_job(args, workspace, config, overrides) -> int:
+    from gptui.core import events as ev
+    from gptui.core.distributed import PeerFailed, PeerLost, from_env, rank_prefix
+    from gptui.core.launch import LaunchDir
+    from gptui.core.trainer import TrainJob
+
+    folder = LaunchDir.from_env()
+    rank = int(os.environ["RANK"])
+    dist = job = None
+    try:
+        device = str(overrides.get("device", "")).strip() or (config.device if config is not None else "auto")
+        if config is None:
+            device = _saved_device(workspace, args.resume, device, overrides)
+        dist = from_env(device)
+        progress = ConsoleProgress(sys.stderr) if dist.is_main else _Silent()
+
+        def on_event(e) -> None:
+            progress(e)
+            if folder is not None and dist.is_main and isinstance(e, ev.Started):
+                folder.write_started(dataclasses.asdict(e))
+
+        job = TrainJob(workspace, args.input, config, name=args.name, resume=args.resume, overrides=overrides,
+                       on_event=on_event, replace_errors=args.replace_errors, dist=dist)
+        result = _run_job(job, progress)
+    except (Exception, KeyboardInterrupt) as exc:
+        if args.debug:
+            raise
+        if isinstance(exc, GptuiError):
+            message, code = str(exc), exc.exit_code
+        elif isinstance(exc, KeyboardInterrupt):
+            message, code = "interrupted", 130
+        else:
+            first = str(exc).strip().splitlines()
+            message, code = f"{type(exc).__name__}: {first[0] if first else ''}", 1
+        peer = isinstance(exc, (PeerFailed, PeerLost))
+        if folder is not None:
+            run = job.owned_run if job is not None and rank == 0 else None
+            folder.write_error(rank, message, code, peer, str(run.path) if run is not None else None)
+        elif not isinstance(exc, PeerFailed):
+            print(f"gptui: error: {rank_prefix()}{message}", file=sys.stderr)
+        return code
+    dist.close()
+    if dist.is_main:
+        _print_summary(result)
     return 0
+
+
+def _saved_device(workspace, resume, device, overrides) -> str:
+    if "device" in overrides:
+        return device
+    from gptui.core.runs import RunStore
+
+    try:
+        return str(RunStore(workspace).resolve(resume).read_config()["settings"]["device"])
+    except (GptuiError, OSError, ValueError, KeyError, TypeError):
+        return "auto"
+
+
+class _Silent:
+    """The progress of a rank other than 0: nothing to show."""
+
+    def __call__(self, e) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class ConsoleProgress:
@@ -215,8 +376,14 @@ class ConsoleProgress:
                 self.stream.flush()
                 self.bar_shown = True
         elif isinstance(e, ev.Started):
-            self.message(f"run {e.run_id}: {e.params:,} parameters on {e.device} ({e.dtype}), "
-                         f"steps {e.start_step}->{e.max_iters}; ctrl-c stops and saves")
+            s = e.settings
+            batch = ""
+            if {"batch_size", "block_size", "grad_accum"} <= s.keys():
+                tokens = s["batch_size"] * s["block_size"] * s["grad_accum"] * e.world_size
+                batch = f", global batch {tokens:,} tokens"
+            procs = f" x {e.world_size} processes" if e.world_size > 1 else ""
+            self.message(f"run {e.run_id}: {e.params:,} parameters on {e.device} ({e.dtype}){procs}, "
+                         f"steps {e.start_step}->{e.max_iters}{batch}; ctrl-c stops and saves")
         elif isinstance(e, ev.Step):
             eta = _hms(e.eta_seconds) if e.eta_seconds is not None else "?"
             line = (f"step {e.step}/{e.max_iters}  loss {e.loss:.4f}  lr {e.lr:.2e}  "
@@ -321,7 +488,7 @@ def cmd_runs(args, workspace) -> int:
     infos = RunStore(workspace).list()
     if args.json:
         keys = ("id", "corpus", "params", "tokenizer", "steps", "best_val_loss", "val_bpb", "status", "created",
-                "duration", "damaged")
+                "duration", "damaged", "world_size")
         print(json.dumps([{k: i.as_dict()[k] for k in keys} for i in infos], indent=2))
         return 0
     if not infos:

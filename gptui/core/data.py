@@ -200,21 +200,43 @@ class BatchSampler:
     """Random contiguous windows from a split, gathered with one vectorised index (no per-row Python).
 
     Its numpy Generator's state is saved in checkpoints, so a resumed run sees the same batches.
+
+    In a distributed run every rank holds the same generator (seeded by `seed`) and draws the same global
+    batches; each call draws `world_size` batches and keeps the one of this `rank`. So rank r of W takes rows
+    r*B..(r+1)*B-1 of the W*B rows that one process with grad_accum W would draw over its W micro-steps, the
+    generator's state is the same on every rank (one checkpoint resumes them all), and with world_size 1 the
+    draws are exactly those of a single process.
     """
 
-    def __init__(self, data: np.ndarray, block_size: int, batch_size: int, seed: int):
+    def __init__(self, data: np.ndarray, block_size: int, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in a world of {world_size}")
         self.data = data
         self.block_size = block_size
         self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self._window = np.arange(block_size + 1)
+
+    def _draw(self) -> np.ndarray:
+        return self.rng.integers(0, len(self.data) - self.block_size, size=self.batch_size)
 
     def next(self):
         import torch
 
-        starts = self.rng.integers(0, len(self.data) - self.block_size, size=self.batch_size)
+        starts = None
+        for r in range(self.world_size):  # one draw per rank, in rank order, each the size of one batch
+            drawn = self._draw()
+            if r == self.rank:
+                starts = drawn
         chunk = torch.from_numpy(self.data[starts[:, None] + self._window].astype(np.int64))
         return chunk[:, :-1], chunk[:, 1:]
+
+    def skip(self) -> None:
+        """Draw the next global batch without gathering it (another rank evaluates it)."""
+        for _ in range(self.world_size):
+            self._draw()
 
     def state(self) -> str:
         return json.dumps(self.rng.bit_generator.state)

@@ -24,6 +24,7 @@ class Started:
     start_step: int
     max_iters: int
     settings: dict[str, Any] = field(default_factory=dict)
+    world_size: int = 1  # processes training together (torchrun); tokens per step = batch x block x accum x this
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,21 @@ import shutil
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from gptui.core.errors import InputError, RunNotFound
-from gptui.core.fsio import append_line, atomic_write_json, atomic_write_text, read_json, read_jsonl
+from gptui.core.fsio import (
+    append_line,
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    read_jsonl,
+)
 from gptui.core.workspace import Workspace
 
 CONFIG = "config.json"
@@ -61,12 +69,19 @@ class Run:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    def write_file(self, name: str, write: Callable[[Path], None]) -> None:
+        """Write one of the run's files atomically: `write(tmp_path)`, then rename (weights, checkpoint)."""
+        atomic_write(self.file(name), write)
+
     # config and state
     def read_config(self) -> dict[str, Any]:
         return read_json(self.file(CONFIG))
 
     def write_config(self, data: dict[str, Any]) -> None:
         atomic_write_json(self.file(CONFIG), data)
+
+    def update_config(self, **changes: Any) -> None:
+        self.write_config({**self.read_config(), **changes})
 
     def read_state(self) -> dict[str, Any]:
         try:
@@ -124,6 +139,35 @@ class Run:
         return path
 
 
+class NullRun(Run):
+    """The run as a rank other than the main one of a distributed job sees it: the same id and paths, and
+    writes that go nowhere, because rank 0 alone owns the run folder."""
+
+    def write_file(self, name: str, write: Callable[[Path], None]) -> None:
+        pass
+
+    def write_config(self, data: dict[str, Any]) -> None:
+        pass
+
+    def update_config(self, **changes: Any) -> None:
+        pass
+
+    def write_state(self, **changes: Any) -> dict[str, Any]:
+        return {}
+
+    def append_metric(self, record: dict[str, Any]) -> None:
+        pass
+
+    def truncate_metrics(self, max_step: int) -> None:
+        pass
+
+    def log(self, line: str = "") -> None:
+        pass
+
+    def save_generation(self, header: dict[str, Any], text: str, kind: str = "generation") -> Path:
+        raise InputError("only the main process writes to the run folder")
+
+
 @dataclass
 class RunInfo:
     id: str
@@ -138,6 +182,7 @@ class RunInfo:
     duration: float
     damaged: str | None
     path: str
+    world_size: int = 1  # processes that trained it (config.json's world_size; 1 for older runs)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -248,7 +293,13 @@ class RunStore:
             duration=float(state.get("duration", 0.0) or 0.0),
             damaged=damaged,
             path=str(run.path),
+            world_size=_world_size(config),
         )
+
+
+def _world_size(config: dict[str, Any]) -> int:
+    value = config.get("world_size", 1)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
 
 
 def pid_alive(state: dict[str, Any]) -> bool:

@@ -2,10 +2,14 @@
 
 Progress leaves through a single callback receiving `events` objects. A stop request (`TrainJob.stop()`,
 thread-safe) is honoured within one optimizer step: the checkpoint is saved and the run marked `stopped`.
+
+The same loop runs on every process of a torchrun job: it talks to the other ranks only through its `Dist`
+(gptui.core.distributed), and a rank other than the main one holds a `NullRun`, so it writes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -31,11 +35,11 @@ from gptui.core.config import (
 )
 from gptui.core.data import BatchSampler, Dataset, TokenizerSpec, prepare
 from gptui.core.device import autocast, memory_reading, pick_device, pick_dtype, setup_backend
+from gptui.core.distributed import Dist, PeerLost
 from gptui.core.errors import GptuiError, InputError
-from gptui.core.fsio import atomic_write
 from gptui.core.generate import TrainingSampler
 from gptui.core.model import GPT, ModelConfig
-from gptui.core.runs import CHECKPOINT, TOKENIZER, WEIGHTS, Run, RunStore, pid_alive
+from gptui.core.runs import CHECKPOINT, TOKENIZER, WEIGHTS, NullRun, Run, RunStore, pid_alive
 from gptui.core.tokenizer import load_tokenizer
 from gptui.core.workspace import Workspace
 
@@ -79,6 +83,7 @@ class TrainJob:
         on_event: Listener | None = None,
         replace_errors: bool = False,
         show_progress: bool = False,
+        dist: Dist | None = None,
     ):
         self.workspace = workspace
         self.corpus = corpus
@@ -89,6 +94,7 @@ class TrainJob:
         self.on_event = on_event or (lambda e: None)
         self.replace_errors = replace_errors
         self.show_progress = show_progress
+        self.dist = dist or Dist()
         self._stop = threading.Event()
         self.stop_reason = "stopped by user"
         self.run_dir: Run | None = None
@@ -119,6 +125,44 @@ class TrainJob:
     # --- setup -----------------------------------------------------------------------------------------------
 
     def _setup(self) -> tuple[Run, Config, Dataset, dict | None]:
+        """The main rank checks the request, prepares the data and creates (or reopens) the run; then the
+        others, told the outcome, read the prepared data from the cache and the run's checkpoint."""
+        if self.dist.world_size == 1:
+            return self._setup_main()
+        local: list = []
+
+        def main_setup() -> dict:
+            local.extend(self._setup_main())
+            run, config, dataset, checkpoint = local
+            return {"run_id": run.id, "settings": config_to_dict(config), "corpus": self._corpus_name,
+                    "corpus_sha256": dataset.corpus_sha256, "tokens": len(dataset.tokens),
+                    "resume": checkpoint is not None}
+
+        shared = self.dist.from_main(main_setup)
+        if self.dist.is_main:
+            return tuple(local)  # type: ignore[return-value]
+        return self._setup_other(shared)
+
+    def _setup_other(self, shared: dict) -> tuple[Run, Config, Dataset, dict | None]:
+        rank = self.dist.rank
+        self.workspace.ensure()
+        config = config_from_dict(shared["settings"])
+        self.run_dir = NullRun(self.workspace.models / shared["run_id"])
+        dataset = self._prepare(self.workspace.corpus_path(shared["corpus"]), config)
+        if dataset.corpus_sha256 != shared["corpus_sha256"] or len(dataset.tokens) != shared["tokens"]:
+            raise InputError(f"rank {rank} sees a different corpus or tokenizer than rank 0 "
+                             f"(corpus {shared['corpus']}): every machine needs the same inputs/")
+        checkpoint = None
+        if shared["resume"]:
+            try:
+                run = RunStore(self.workspace).resolve(shared["run_id"])
+            except InputError:
+                raise InputError(f"rank {rank} cannot find run {shared['run_id']} in {self.workspace.models}: "
+                                 "resuming on several machines needs the run folder on each") from None
+            checkpoint = self._load_checkpoint(run)
+        return self.run_dir, config, dataset, checkpoint
+
+    def _setup_main(self) -> tuple[Run, Config, Dataset, dict | None]:
         ws = self.workspace.ensure()
         store = RunStore(ws)
         checkpoint = None
@@ -139,6 +183,7 @@ class TrainJob:
                 raise InputError(f"cannot change {', '.join(fixed)} when resuming (only schedule and hardware)")
             config = updated
             corpus = self.workspace.corpus_path(saved.get("corpus", ""))
+            self._corpus_name = corpus.name
             checkpoint = self._load_checkpoint(run)
             self.run_dir = run
             self.log(f"resuming run {run.id} at step {checkpoint['step']}")
@@ -155,6 +200,7 @@ class TrainJob:
             raise InputError("no configuration given")
         config = check(self.config)
         corpus = self.workspace.corpus_path(self.corpus or "")
+        self._corpus_name = corpus.name
         dataset = self._prepare(corpus, config)
         dataset.check_block_size(config.block_size)
         params = estimate_params(config, dataset.tokenizer.vocab_size)
@@ -168,6 +214,7 @@ class TrainJob:
                 "corpus_bytes": dataset.corpus_bytes,
                 "vocab_size": dataset.tokenizer.vocab_size,
                 "params": params,
+                "world_size": self.dist.world_size,
                 "gptui_version": gptui.__version__,
                 "torch_version": torch.__version__,
                 "created": datetime.now().isoformat(timespec="seconds"),
@@ -230,6 +277,10 @@ class TrainJob:
             self._fail(message, started)
             raise TrainingFailed(message) from None
         except Exception as exc:
+            lost = self.dist.explain(exc)  # DDP's gradient sync fails inside backward() when a rank dies
+            if lost is not None:
+                self._fail(lost, started)
+                raise PeerLost(lost) from None
             message = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
             if self.run_dir is not None:
                 try:
@@ -239,16 +290,24 @@ class TrainJob:
             self._fail(message, started)
             raise TrainingFailed(message) from exc
 
+    @property
+    def owned_run(self) -> Run | None:
+        """The run whose state this job answers for: one it created, or a resumed one once training began (a
+        refused resume leaves the run be)."""
+        run = self.run_dir
+        return run if run is not None and (self._owns_state or not self.resume) else None
+
     def _fail(self, message: str, started: float) -> None:
         """Record a failure in the run, unless the job never got to train (a refused resume leaves the run be)."""
-        run = self.run_dir
-        if run is not None and (self._owns_state or not self.resume):
+        run = self.owned_run
+        if run is not None:
             try:
                 run.write_state(status="failed", error=message, pid=None)
                 run.log(f"failed: {message}")
             except OSError:
                 pass
-        self.emit(ev.Finished(run.id if run else "", "failed", message, 0, None, None, time.time() - started, 0.0))
+        run_id = self.run_dir.id if self.run_dir is not None else ""
+        self.emit(ev.Finished(run_id, "failed", message, 0, None, None, time.time() - started, 0.0))
 
     def _train(self, run: Run, config: Config, data: Dataset, checkpoint: dict | None) -> ev.Finished:
         torch.manual_seed(config.seed)
@@ -259,9 +318,14 @@ class TrainJob:
         optimizer = model.configure_optimizer(config.weight_decay, config.lr, (config.beta1, config.beta2), device,
                                               config.optimizer, config.muon_lr, config.muon_momentum)
         scaler = torch.amp.GradScaler(device, enabled=dtype == "float16")
-        train_batches = BatchSampler(data.train, config.block_size, config.batch_size, config.seed)
+        dist = self.dist
+        train_batches = BatchSampler(data.train, config.block_size, config.batch_size, config.seed,
+                                     rank=dist.rank, world_size=dist.world_size)
+        if dist.world_size > 1:
+            torch.manual_seed(config.seed + dist.rank)  # one initialisation for all; dropout differs by rank
         step, best, bad_evals, elapsed_before = 0, math.inf, 0, 0.0
         best_bpb = None
+        saved_world = dist.world_size
         if checkpoint is not None:
             model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
@@ -271,26 +335,37 @@ class TrainJob:
             bad_evals = int(checkpoint["bad_evals"])
             elapsed_before = float(checkpoint["elapsed"])
             train_batches.set_state(checkpoint["batch_rng"])
-            torch.set_rng_state(checkpoint["torch_rng"])
+            saved_world = int(checkpoint.get("world_size", 1))
+            if saved_world == dist.world_size and "rank_rng" in checkpoint:
+                torch.set_rng_state(checkpoint["rank_rng"][dist.rank])
+            elif dist.rank == 0:
+                torch.set_rng_state(checkpoint["torch_rng"])
+            if saved_world != dist.world_size:
+                run.update_config(world_size=dist.world_size)
             run.truncate_metrics(step)
             run.write_state(status="running", pid=os.getpid(), host=socket.gethostname(), heartbeat=time.time(),
                             error=None)
-        forward = model
+        ddp = dist.wrap(model)  # DistributedDataParallel on a process group; the model itself on one process
+        forward = ddp
         if config.compile:
             try:
-                forward = torch.compile(model)
+                forward = torch.compile(ddp)
             except Exception as exc:
                 self.log(f"torch.compile unavailable ({type(exc).__name__}); training eagerly")
         params = model.num_params()
         self.log_header(run, config, params, device, dtype, checkpoint is not None)
+        if saved_world != dist.world_size:
+            self.log(f"data order changed: the checkpoint was trained by {saved_world} process"
+                     f"{'es' if saved_world > 1 else ''}, this run has {dist.world_size}, so each step draws "
+                     "other rows than an uninterrupted run would")
         self._log_prepare(data)
         self.emit(ev.Started(run.id, str(run.path), params, device, dtype, step, config.max_iters,
-                             config_to_dict(config)))
+                             config_to_dict(config), dist.world_size))
 
         ctx = autocast(device, dtype)
         val_batches_seed = config.seed + 1
         sampler = TrainingSampler(model, _sample_prompt(data), config.sample_tokens, config.seed, self.log)
-        tokens_per_step = config.batch_size * config.block_size * config.grad_accum
+        tokens_per_step = config.batch_size * config.block_size * config.grad_accum  # this rank's share
         t_start = time.time()
         t_report = time.perf_counter()
         step_report, t_state, t_checkpoint = step, time.time(), time.time()
@@ -306,20 +381,24 @@ class TrainJob:
 
         def save(status: str) -> None:
             nonlocal t_checkpoint
+            rank_rng = dist.gather(torch.get_rng_state())  # each rank's dropout stream, for an exact resume
             state = {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "best_val_loss": best, "best_val_bpb": best_bpb, "bad_evals": bad_evals, "elapsed": elapsed(),
                 "batch_rng": train_batches.state(), "torch_rng": torch.get_rng_state(),
+                "world_size": dist.world_size,
             }
+            if dist.world_size > 1:
+                state["rank_rng"] = rank_rng
             # model.safetensors holds evaluated weights only: before the first evaluation there are none
-            atomic_write(run.file(CHECKPOINT), lambda p: torch.save(state, p))
+            run.write_file(CHECKPOINT, lambda p: torch.save(state, p))
             run.write_state(status=status, step=step, best_val_loss=_finite(best), best_val_bpb=best_bpb,
                             duration=round(elapsed(), 1), heartbeat=time.time())
             t_checkpoint = time.time()
 
         def evaluate() -> None:
             nonlocal best, best_bpb, bad_evals, last_eval_step
-            losses = estimate_loss(model, data, config, ctx, device, val_batches_seed)
+            losses = estimate_loss(model, data, config, ctx, device, val_batches_seed, dist)
             bpb = losses["val"] / math.log(2) * data.val_tokens_per_byte
             improved = losses["val"] < best
             if improved:
@@ -336,34 +415,63 @@ class TrainJob:
                 f"val bpb {bpb:.4f}{'  *best' if improved else ''}  {last_tps:,.0f} tok/s"
             )
 
+        def agree() -> tuple[bool, ...]:
+            """Stop, out of time, report due, checkpoint due: each true when true on any rank, so every rank
+            stops, reports and saves at the same step (one small collective a step; nothing on one process)."""
+            return dist.any_true(
+                self.stopping,
+                deadline is not None and time.time() >= deadline,
+                time.perf_counter() - t_report >= REPORT_SECONDS,
+                time.time() - t_checkpoint >= CHECKPOINT_SECONDS,
+            )
+
+        def report(lr: float) -> None:
+            nonlocal last_tps, n_acc, t_report, step_report, t_state
+            now = time.perf_counter()
+            # the only sync with the device in the hot loop; over several ranks, the mean loss and summed speed
+            mean_loss = dist.mean(float(loss_acc) / max(1, n_acc))
+            last_tps = dist.sum((step - step_report) * tokens_per_step / max(1e-9, now - t_report))
+            # the ETA uses this session's whole pace, evaluations and samples included, so it does not jump
+            per_step = (time.time() - t_start) / max(1, step - start_step)
+            mem = memory_reading(device).as_dict()
+            record = ev.Step(step, config.max_iters, round(elapsed(), 3), mean_loss, lr, last_tps,
+                             per_step * (config.max_iters - step), mem)
+            run.append_metric({"type": "train", **_round(dataclasses.asdict(record))})
+            self.emit(record)
+            loss_acc.zero_()
+            n_acc, t_report, step_report = 0, now, step
+            if time.time() - t_state >= STATE_SECONDS:
+                run.write_state(step=step, duration=round(elapsed(), 1), heartbeat=time.time())
+                t_state = time.time()
+
         last_eval_step = step
+        early_stop = stop = out_of_time = False
         model.train()
         while step < config.max_iters:
-            if self.stopping:
-                reason = self.stop_reason
-                break
-            if deadline is not None and time.time() >= deadline:
-                reason = f"time budget of {config.max_minutes:g} min reached"
+            stop, out_of_time, report_due, checkpoint_due = agree()
+            if stop or out_of_time:
                 break
             lr = lr_at(step, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's groups run at muon_lr on the same schedule
-            for _ in range(config.grad_accum):
+            for micro in range(config.grad_accum):
                 x, y = train_batches.next()
                 if device == "cuda":  # pinned host memory lets the copy overlap the previous step's kernels
                     x, y = x.pin_memory(), y.pin_memory()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                try:
-                    with ctx:
-                        _, loss = forward(x, y)
-                except Exception as exc:
-                    if forward is model or isinstance(exc, torch.OutOfMemoryError):
-                        raise
-                    self.log(f"torch.compile failed ({type(exc).__name__}); training eagerly")
-                    forward = model
-                    with ctx:
-                        _, loss = forward(x, y)
-                scaler.scale(loss / config.grad_accum).backward()
+                # gradients are averaged over the ranks once a step, on the last micro-step
+                with dist.no_sync(ddp) if micro < config.grad_accum - 1 else contextlib.nullcontext():
+                    try:
+                        with ctx:
+                            _, loss = forward(x, y)
+                    except Exception as exc:
+                        if forward is ddp or isinstance(exc, torch.OutOfMemoryError):
+                            raise
+                        self.log(f"torch.compile failed ({type(exc).__name__}); training eagerly")
+                        forward = ddp
+                        with ctx:
+                            _, loss = forward(x, y)
+                    scaler.scale(loss / config.grad_accum).backward()
                 loss_acc += loss.detach()
                 n_acc += 1
             if config.grad_clip > 0:
@@ -374,44 +482,38 @@ class TrainJob:
             optimizer.zero_grad(set_to_none=True)
             step += 1
 
-            now = time.perf_counter()
             last = step == config.max_iters or step % config.eval_interval == 0
-            if now - t_report >= REPORT_SECONDS or last or self.stopping:
-                mean_loss = float(loss_acc) / n_acc  # the only sync with the device in the hot loop
-                last_tps = (step - step_report) * tokens_per_step / max(1e-9, now - t_report)
-                # the ETA uses this session's whole pace, evaluations and samples included, so it does not jump
-                per_step = (time.time() - t_start) / max(1, step - start_step)
-                mem = memory_reading(device).as_dict()
-                record = ev.Step(step, config.max_iters, round(elapsed(), 3), mean_loss, lr, last_tps,
-                                 per_step * (config.max_iters - step), mem)
-                run.append_metric({"type": "train", **_round(dataclasses.asdict(record))})
-                self.emit(record)
-                loss_acc.zero_()
-                n_acc, t_report, step_report = 0, now, step
-                if time.time() - t_state >= STATE_SECONDS:
-                    run.write_state(step=step, duration=round(elapsed(), 1), heartbeat=time.time())
-                    t_state = time.time()
+            if report_due or last:
+                report(lr)
 
             if last:
                 evaluate()
                 save("running")
                 if config.patience and bad_evals >= config.patience:
                     reason = f"early stopping: no improvement in {config.patience} evaluations"
+                    early_stop = True
                     break
-            elif time.time() - t_checkpoint >= CHECKPOINT_SECONDS:
+            elif checkpoint_due:
                 save("running")
             if config.sample_interval and step % config.sample_interval == 0:
                 text = data.tokenizer.decode(sampler.sample(step))
                 self.emit(ev.Sample(step, text))
                 self.log(f"sample at step {step}:\n{text}\n")
 
-        status = "stopped" if self.stopping else "completed"
+        if n_acc:
+            report(lr)  # the steps since the last report, when a stop or the time budget ended the run
+        stopped = stop and not early_stop
+        if stopped:
+            reason = self.stop_reason if self.stopping else "stopped by another rank"
+        elif out_of_time and not early_stop:
+            reason = f"time budget of {config.max_minutes:g} min reached"
+        status = "stopped" if stopped else "completed"
         if status == "completed" and last_eval_step != step:
             evaluate()  # a time budget ends between evaluations: measure where it got to
         save(status)
         total = elapsed()
         trained = step - (checkpoint["step"] if checkpoint else 0)
-        run_tps = trained * tokens_per_step / max(1e-9, time.time() - t_start)
+        run_tps = dist.sum(trained * tokens_per_step / max(1e-9, time.time() - t_start))
         run.write_state(status=status, pid=None, stop_reason=reason, tokens_per_sec=round(run_tps, 1))
         self.log(
             f"finished: {status} ({reason}) after {step} steps in {_duration(total)}; "
@@ -426,9 +528,17 @@ class TrainJob:
     def log_header(self, run: Run, config: Config, params: int, device: str, dtype: str, resumed: bool) -> None:
         if resumed:
             self.log(f"resumed on {device} ({dtype}), {params:,} parameters")
+        else:
+            self.log(f"gptui {gptui.__version__}, torch {torch.__version__}; run {run.id}")
+            self.log(f"device {device}, precision {dtype}, {params:,} parameters, "
+                     f"{torch.get_num_threads()} CPU threads")
+        if self.dist.distributed:
+            w = self.dist.world_size
+            tokens = config.batch_size * config.block_size * config.grad_accum * w
+            self.log(f"distributed: {self.dist.describe()}, global batch {tokens:,} tokens "
+                     f"per step ({config.batch_size} x {config.block_size} x {config.grad_accum} x {w})")
+        if resumed:
             return
-        self.log(f"gptui {gptui.__version__}, torch {torch.__version__}; run {run.id}")
-        self.log(f"device {device}, precision {dtype}, {params:,} parameters, {torch.get_num_threads()} CPU threads")
         settings = config_to_dict(config)
         width = max(map(len, settings))
         for key, value in settings.items():
@@ -436,19 +546,27 @@ class TrainJob:
 
 
 @torch.no_grad()
-def estimate_loss(model: GPT, data: Dataset, config: Config, ctx, device: str, seed: int) -> dict[str, float]:
-    """Mean loss over eval_iters batches of each split; the same batches every time, so evals compare."""
+def estimate_loss(model: GPT, data: Dataset, config: Config, ctx, device: str, seed: int,
+                  dist: Dist | None = None) -> dict[str, float]:
+    """Mean loss over eval_iters batches of each split; the same batches every time, so evals compare.
+
+    On several processes the ranks share out those same batches (batch k goes to rank k mod W) and add up
+    their sums, so the result means what it means on one process, in 1/W of the time."""
+    dist = dist or Dist()
     model.eval()
     out = {}
     for i, (split, tokens) in enumerate((("train", data.train), ("val", data.val))):
         sampler = BatchSampler(tokens, config.block_size, config.batch_size, seed + i)
         total = torch.zeros((), device=device)
-        for _ in range(config.eval_iters):
+        for k in range(config.eval_iters):
+            if k % dist.world_size != dist.rank:
+                sampler.skip()
+                continue
             x, y = sampler.next()
             with ctx:
                 _, loss = model(x.to(device), y.to(device))
             total += loss
-        out[split] = float(total) / config.eval_iters
+        out[split] = dist.sum(float(total)) / config.eval_iters
     model.train()
     return out
 
@@ -456,7 +574,7 @@ def estimate_loss(model: GPT, data: Dataset, config: Config, ctx, device: str, s
 def save_weights(run: Run, model: GPT) -> None:
     from safetensors.torch import save_model
 
-    atomic_write(run.file(WEIGHTS), lambda p: save_model(model, str(p)))
+    run.write_file(WEIGHTS, lambda p: save_model(model, str(p)))
 
 
 def _sample_prompt(data: Dataset) -> list[int]:

@@ -72,7 +72,8 @@ def test_runs_table_and_json(home, trained):
     data = json.loads(listing.stdout)
     (entry,) = [r for r in data if r["id"] == summary["run"]]
     assert set(entry) == {"id", "corpus", "params", "tokenizer", "steps", "best_val_loss", "val_bpb", "status",
-                          "created", "duration", "damaged"}
+                          "created", "duration", "damaged", "world_size"}
+    assert entry["world_size"] == 1
     assert entry["corpus"] == "tiny" and entry["steps"] == 20 and entry["status"] == "completed"
     assert entry["tokenizer"] == "char" and entry["damaged"] is None
     assert entry["best_val_loss"] == pytest.approx(summary["best_val_loss"])
