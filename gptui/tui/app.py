@@ -63,6 +63,7 @@ class GptuiApp(App[None]):
         self.config: Config | None = None
         self.problems: dict[str, str] = {}
         self.run_infos: list[RunInfo] | None = None
+        self.processes = 1  # the Train tab's processes setting (the Model tab counts tokens per step with it)
 
     def compose(self) -> ComposeResult:
         # The hidden tabs mount just after the first frame (Lazy): the Corpus tab shows sooner, and until a
@@ -131,6 +132,8 @@ class GptuiApp(App[None]):
             train.update_inputs(self.corpus, self.config, self.problems)
         if (generate := self._mounted(GenerateTab)) is not None and self.run_infos is not None:
             generate.set_runs(self.run_infos)
+        if (model := self._mounted(ModelTab)) is not None:
+            model.set_processes(self.processes)
 
     def on_train_tab_ready(self, message: TrainTab.Ready) -> None:
         self._hand_down()
@@ -149,6 +152,10 @@ class GptuiApp(App[None]):
     def on_model_tab_config_changed(self, message: ModelTab.ConfigChanged) -> None:
         self.corpus_tab.set_tokenizer_values({k: message.values[k] for k in TOKENIZER_SETTINGS})
         self.config, self.problems = message.config, message.problems
+        self._hand_down()
+
+    def on_train_tab_processes_changed(self, message: TrainTab.ProcessesChanged) -> None:
+        self.processes = message.processes
         self._hand_down()
 
     def on_train_tab_run_changed(self, message: TrainTab.RunChanged) -> None:
@@ -206,8 +213,10 @@ class GptuiApp(App[None]):
     async def action_quit(self) -> None:
         train = self._mounted(TrainTab)
         if train is not None and train.running:
+            where = " on several processes" if train.processes_running else ""
             self.push_screen(
-                ConfirmModal("A run is training. Stop it (its checkpoint is saved) and quit?", yes="Stop and quit"),
+                ConfirmModal(f"A run is training{where}. Stop it (its checkpoint is saved) and quit?",
+                             yes="Stop and quit"),
                 self._quit_answer,
             )
             return

@@ -46,6 +46,7 @@ class ModelTab(Vertical):
         super().__init__(id=id)
         self.config: Config | None = preset_config(DEFAULT_PRESET)
         self.problems: dict[str, str] = {}
+        self.processes = 1  # from the Train tab: tokens per step count every process's batch
 
     def compose(self) -> ComposeResult:
         initial = preset_config(DEFAULT_PRESET)
@@ -78,6 +79,11 @@ class ModelTab(Vertical):
         for name, value in values.items():
             self.field(name).raw = value
         self.revalidate()
+
+    def set_processes(self, processes: int) -> None:
+        if processes != self.processes:
+            self.processes = processes
+            self._show_estimates(self.config)
 
     def apply_preset(self, name: str) -> None:
         self.set_values(config_to_dict(preset_config(name)))
@@ -115,7 +121,8 @@ class ModelTab(Vertical):
                 text = (
                     f"parameters [b]{human_number(estimate_params(config))}[/b]   "
                     f"memory ≈ [b]{human_bytes(estimate_memory_bytes(config))}[/b]   "
-                    f"tokens/step [b]{tokens_per_step(config):,}[/b]"
+                    f"tokens/step [b]{tokens_per_step(config, self.processes):,}[/b]"
+                    + (f" ({self.processes} processes)" if self.processes > 1 else "")
                 )
             except (ArithmeticError, ValueError, TypeError):
                 pass  # a half-typed value: keep the placeholders until it parses

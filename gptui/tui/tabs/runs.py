@@ -24,7 +24,7 @@ from gptui.tui.widgets.modals import ConfirmModal, TextPromptModal
 POLL_SECONDS = 3.0  # how often models/ is looked at again, for runs started elsewhere
 
 COLUMNS: list[tuple[str, str]] = [
-    ("id", "run"), ("corpus", "corpus"), ("params", "params"), ("tokenizer", "tokenizer"),
+    ("id", "run"), ("corpus", "corpus"), ("params", "params"), ("tokenizer", "tokenizer"), ("world_size", "procs"),
     ("steps", "steps"), ("best_val_loss", "val loss"), ("val_bpb", "val bpb"), ("status", "status"),
     ("created", "date"), ("duration", "time"),
 ]
@@ -152,7 +152,8 @@ class RunsTab(Vertical):
         mark = Text(f"{MARK} " if info.id in self.marked else "  ", style="bold")
         return [
             mark + _cut(info.id, ID_WIDTH) + " ", _cut(info.corpus, CORPUS_WIDTH) + " ",
-            (human_number(info.params) if info.params else "—") + " ", info.tokenizer + " ", f"{info.steps:,} ",
+            (human_number(info.params) if info.params else "—") + " ", info.tokenizer + " ",
+            f"{info.world_size} ", f"{info.steps:,} ",
             loss_text(info.best_val_loss) + " ", loss_text(info.val_bpb) + " ", status,
             _short_date(info.created) + " ", human_duration(info.duration),
         ]
@@ -180,7 +181,7 @@ class RunsTab(Vertical):
         event.stop()
         column = str(event.column_key.value)
         self.sort_reverse = not self.sort_reverse if column == self.sort_column else column in (
-            "created", "steps", "params", "duration")
+            "created", "steps", "params", "duration", "world_size")
         self.sort_column = column
         self._fill_table()
 
@@ -188,7 +189,7 @@ class RunsTab(Vertical):
         """Cycle the sort through the columns (a click on a header does the same for that column)."""
         keys = [k for k, _ in COLUMNS]
         self.sort_column = keys[(keys.index(self.sort_column) + 1) % len(keys)]
-        self.sort_reverse = self.sort_column in ("created", "steps", "params", "duration")
+        self.sort_reverse = self.sort_column in ("created", "steps", "params", "duration", "world_size")
         self._fill_table()
         self.notify(f"sorted by {dict(COLUMNS)[self.sort_column]}", timeout=1.5)
 
@@ -343,7 +344,8 @@ def _settings_text(config: dict[str, Any], state: dict[str, Any]) -> Text:
     text = Text()
     facts = {
         "corpus": config.get("corpus"), "parameters": f"{config['params']:,}" if config.get("params") else None,
-        "vocabulary": config.get("vocab_size"), "created": config.get("created"),
+        "vocabulary": config.get("vocab_size"), "processes": config.get("world_size", 1 if config else None),
+        "created": config.get("created"),
         "status": state.get("status"), "steps": state.get("step"), "stop reason": state.get("stop_reason"),
         "error": state.get("error"), "gptui": config.get("gptui_version"), "torch": config.get("torch_version"),
     }

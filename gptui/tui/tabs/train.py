@@ -1,7 +1,9 @@
 """The Train tab: start, stop and resume a run, and watch it (loss plot, progress, numbers, sample, log).
 
-The engine's `TrainJob` runs in a thread worker; its events come back as `TrainTab.EngineEvent` messages, so
-only the UI thread touches widgets. torch is imported inside the worker, when the first run starts.
+With one process (the default) the engine's `TrainJob` runs in a thread worker; its events come back as
+`TrainTab.EngineEvent` messages, so only the UI thread touches widgets. torch is imported inside the worker,
+when the first run starts. With more, Start launches `gptui train --nproc-per-node N` (torchrun) as a child
+process and a thread worker follows the run through its folder, turning what it reads into the same events.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
-from textual.widgets import Button, Label, ProgressBar, RichLog, Static
+from textual.validation import Integer
+from textual.widgets import Button, Input, Label, ProgressBar, RichLog, Static
 from textual.worker import Worker, WorkerState
 
 from gptui.core import events as ev
-from gptui.core.config import Config, estimate_params
+from gptui.core.config import Config, estimate_params, tokens_per_step
 from gptui.core.errors import GptuiError
 from gptui.core.runs import Run
 from gptui.core.workspace import Workspace
@@ -25,6 +28,7 @@ from gptui.tui.formatting import human_duration, human_number, loss_text, memory
 from gptui.tui.widgets.loss_plot import LossPlot
 
 LOG_LINES = 400
+MAX_PROCESSES = 256
 
 
 class TrainTab(Vertical):
@@ -43,6 +47,13 @@ class TrainTab(Vertical):
             super().__init__()
             self.text = text
 
+    class ProcessesChanged(Message):
+        """The processes setting changed to a valid number (the Model tab's tokens per step follow it)."""
+
+        def __init__(self, processes: int) -> None:
+            super().__init__()
+            self.processes = processes
+
     class RunChanged(Message):
         """A run was created, finished or stopped: the Runs and Generate tabs should look again."""
 
@@ -59,6 +70,7 @@ class TrainTab(Vertical):
         self.resume_run: str | None = None  # the run Resume continues
         self.run_id: str | None = None  # the run on screen
         self._job: Any = None  # gptui.core.trainer.TrainJob, created in the worker
+        self._process: Any = None  # gptui.core.follow.TrainProcess, when a run uses several processes
         self._stop_requested = False
         self._worker: Worker | None = None
         self._max_iters = 0
@@ -68,6 +80,10 @@ class TrainTab(Vertical):
             yield Button("Start", id="train-start", variant="success", compact=True)
             yield Button("Stop", id="train-stop", variant="error", compact=True, disabled=True)
             yield Button("Resume", id="train-resume", variant="primary", compact=True, disabled=True)
+            yield Label("processes", id="train-procs-label")
+            yield Input("1", id="train-procs", type="integer", compact=True,
+                        validators=[Integer(minimum=1, maximum=MAX_PROCESSES)],
+                        tooltip="Processes to train on (torchrun): one per GPU on CUDA, CPU processes otherwise")
             yield Static(id="train-summary")
         yield Static(id="train-blocked")
         with Horizontal(id="train-progress-row"):
@@ -96,6 +112,28 @@ class TrainTab(Vertical):
     def running(self) -> bool:
         return self._worker is not None and self._worker.state in (WorkerState.PENDING, WorkerState.RUNNING)
 
+    @property
+    def processes_running(self) -> bool:
+        """Whether the run on screen trains in child processes (torchrun) rather than in this one."""
+        return self.running and self._process is not None
+
+    @property
+    def processes(self) -> int | None:
+        """The processes setting, or None while it is not a whole number from 1 to MAX_PROCESSES."""
+        try:
+            value = int(self.query_one("#train-procs", Input).value.strip())
+        except ValueError:
+            return None
+        return value if 1 <= value <= MAX_PROCESSES else None
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id != "train-procs":
+            return
+        event.stop()
+        if self.processes is not None:
+            self.post_message(self.ProcessesChanged(self.processes))
+        self.update_inputs(self.corpus, self.config, self.problems)
+
     def update_inputs(self, corpus: str | None, config: Config | None, problems: dict[str, str]) -> None:
         self.corpus, self.config, self.problems = corpus, config, problems
         blocked = self.blocked_reason()
@@ -105,6 +143,9 @@ class TrainTab(Vertical):
                 f" · {config.n_layer}×{config.n_embd}, {human_number(estimate_params(config))} params"
                 f" · {config.tokenizer} · {config.max_iters:,} steps"
             )
+            procs = self.processes or 1
+            if procs > 1:  # the global batch: every process draws its own batch_size x block_size x grad_accum
+                summary += f" · {tokens_per_step(config, procs):,} tokens/step"
         if self.resume_run:
             summary += f" · resume: {self.resume_run}"
         self.query_one("#train-summary", Static).update(summary)
@@ -119,6 +160,8 @@ class TrainTab(Vertical):
 
     def blocked_reason(self) -> str | None:
         """Why Start cannot start now, in words for the screen; None when it can."""
+        if self.processes is None:
+            return f"processes must be a whole number from 1 to {MAX_PROCESSES}."
         if self.corpus is None:
             return "No corpus selected: pick one on the Corpus tab."
         if self.problems or self.config is None:
@@ -131,6 +174,7 @@ class TrainTab(Vertical):
         self.query_one("#train-start", Button).disabled = running
         self.query_one("#train-stop", Button).disabled = not running
         self.query_one("#train-resume", Button).disabled = running or self.resume_run is None
+        self.query_one("#train-procs", Input).disabled = running
 
     # --- actions ---------------------------------------------------------------------------------------------
 
@@ -158,6 +202,10 @@ class TrainTab(Vertical):
         if not self.resume_run:
             self.notify("Nothing to resume: stop a run, or pick one on the Runs tab.", severity="warning")
             return
+        if self.processes is None:
+            self.notify(f"processes must be a whole number from 1 to {MAX_PROCESSES}.", severity="error",
+                        title="Cannot resume")
+            return
         self._launch(None, None, self.resume_run)
 
     def action_stop(self) -> None:
@@ -173,6 +221,9 @@ class TrainTab(Vertical):
         job = self._job
         if job is not None:
             job.stop(reason)
+        process = self._process
+        if process is not None:
+            process.stop()
 
     async def wait(self) -> None:
         """Wait until the training worker has finished (saved and returned)."""
@@ -181,7 +232,7 @@ class TrainTab(Vertical):
 
     def _launch(self, corpus: str | None, config: Config | None, resume: str | None) -> None:
         self._stop_requested = False
-        self._job = None
+        self._job = self._process = None
         self.run_id = None
         self._reset_stats()
         self.query_one("#train-plot", LossPlot).clear()
@@ -190,8 +241,13 @@ class TrainTab(Vertical):
         self.query_one("#train-progress", ProgressBar).update(total=None, progress=0)
         self.query_one("#train-step", Label).update("starting")
         self.query_one("#train-eta", Label).update("")
-        self._set_status("loading the engine…")
-        self._worker = self._train(corpus, config, resume)
+        processes = self.processes or 1
+        if processes > 1:
+            self._set_status(f"starting {processes} processes…")
+            self._worker = self._train_processes(corpus, config, resume, processes)
+        else:
+            self._set_status("loading the engine…")
+            self._worker = self._train(corpus, config, resume)
         self._sync_buttons()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="train")
@@ -210,6 +266,29 @@ class TrainTab(Vertical):
             self.post_message(self.Failed(str(exc)))
         except Exception as exc:  # never a traceback on screen: one line, the log has the rest
             self.post_message(self.Failed(f"{type(exc).__name__}: {exc}"))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="train")
+    def _train_processes(self, corpus: str | None, config: Config | None, resume: str | None,
+                         processes: int) -> None:
+        """Launch torchrun through the command line and follow the run it trains (no torch in this process)."""
+        from gptui.core.follow import TrainProcess
+
+        try:
+            process = TrainProcess(self.workspace, corpus=corpus, config=config, resume=resume,
+                                   processes=processes)
+        except OSError as exc:
+            self.post_message(self.Failed(f"could not start the training processes: {exc.strerror or exc}"))
+            return
+        self._process = process
+        if self._stop_requested:  # Stop (or quit) came before the launcher started
+            process.stop()
+        try:
+            for event in process.events():
+                self.post_message(self.EngineEvent(event))
+            if process.failure:
+                self.post_message(self.Failed(process.failure))
+        finally:
+            process.close()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker is self._worker:
@@ -235,11 +314,12 @@ class TrainTab(Vertical):
         elif isinstance(e, ev.Started):
             self.run_id = e.run_id
             self._max_iters = e.max_iters
-            if e.start_step:
+            if e.start_step and self._process is None:  # a followed run replays its whole metrics file
                 self._load_history(e.run_path, plot)
             self.query_one("#train-progress", ProgressBar).update(total=e.max_iters, progress=e.start_step)
             self.query_one("#train-step", Label).update(f"step {e.start_step:,} / {e.max_iters:,}")
-            self.stats.update(run=e.run_id, device=f"{e.device} · {e.dtype}", params=f"{e.params:,}")
+            procs = f" · {e.world_size} processes" if e.world_size > 1 else ""
+            self.stats.update(run=e.run_id, device=f"{e.device} · {e.dtype}{procs}", params=f"{e.params:,}")
             self._set_status("training")
             self.post_message(self.RunChanged(e.run_id, "running"))
         elif isinstance(e, ev.Step):
