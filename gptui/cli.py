@@ -83,6 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("settings", help="list every setting with its default, range and help")
     s.add_argument("--preset", default=None)
+
+    x = sub.add_parser("export", help="write a run as a folder other tools load (Hugging Face transformers)")
+    x.add_argument("run", metavar="RUN", help="run id or unique prefix")
+    x.add_argument("--format", default="hf", help="hf: a transformers GPT2LMHeadModel folder (the default)")
+    x.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder to write")
+
+    w = sub.add_parser("serve", help="serve the TUI to a web browser (textual-serve)")
+    w.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    w.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    w.add_argument("--public-url", metavar="URL",
+                   help="the address browsers use, when it is not http://HOST:PORT (a proxy, --host 0.0.0.0)")
+
+    # global options work after the subcommand too; SUPPRESS keeps a value given before it
+    for command in sub.choices.values():
+        command.add_argument("--home", default=argparse.SUPPRESS, help="workspace folder (as before the subcommand)")
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show tracebacks on errors")
     return p
 
 
@@ -568,9 +585,80 @@ def cmd_settings(args, workspace) -> int:
     return 0
 
 
+def cmd_export(args, workspace) -> int:
+    from gptui.core.export import FORMATS, export_run
+    from gptui.core.runs import RunStore
+
+    if args.format not in FORMATS:
+        raise InputError(f"unknown export format {args.format!r} (choose {', '.join(FORMATS)})")
+    if not args.out.strip():
+        raise InputError("--out needs a folder")
+    run = RunStore(workspace).resolve(args.run)
+    path = export_run(run, Path(args.out), args.format)
+    print(f"exported run {run.id} to {path}: {FORMATS[args.format]}")
+    return 0
+
+
+def cmd_serve(args, workspace) -> int:
+    """The TUI over this workspace in a browser: textual-serve starts `gptui --home HOME` for each page opened."""
+    import shlex
+
+    if not 1 <= args.port <= 65535:
+        raise InputError(f"--port must be between 1 and 65535, not {args.port}")
+    _check_port_free(args.host, args.port)
+    try:
+        from textual_serve.server import Server
+    except ImportError:
+        raise GptuiError("gptui serve needs the textual-serve package (pip install textual-serve)") from None
+    workspace.ensure()
+    command = [sys.executable, "-m", "gptui", "--home", str(workspace.home)] + (["--debug"] if args.debug else [])
+
+    class GptuiServer(Server):
+        async def on_startup(self, app) -> None:  # one line instead of textual-serve's banner
+            print(f"serving gptui ({workspace.home}) at {self.public_url}; ctrl-c stops", flush=True)
+
+    server = GptuiServer(shlex.join(command), host=args.host, port=args.port, title="gptui",
+                         public_url=args.public_url)
+    try:
+        server.serve(debug=args.debug)
+    except OSError as exc:  # taken between the check and the start
+        raise InputError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Bind every address `host` names, as the server will, so a busy port is one line before anything starts."""
+    import errno
+    import socket
+
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InputError(f"--host {host!r} is not an address to listen on ({getattr(exc, 'strerror', exc)})") from None
+    bound = 0
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is free
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+                bound += 1
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise InputError(f"port {port} on {host} is busy (another program listens there); "
+                                     f"pick another with --port") from None
+                if exc.errno == errno.EACCES:
+                    raise InputError(f"port {port} needs administrator rights; pick one above 1023 with --port") from None
+                if exc.errno != errno.EADDRNOTAVAIL:  # a family this machine lacks: the server skips it too
+                    raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    if not bound:
+        raise InputError(f"--host {host} is not an address of this machine")
+
+
 COMMANDS = {
     "tui": cmd_tui, "train": cmd_train, "generate": cmd_generate, "runs": cmd_runs, "prepare": cmd_prepare,
-    "corpora": cmd_corpora, "settings": cmd_settings,
+    "corpora": cmd_corpora, "settings": cmd_settings, "export": cmd_export, "serve": cmd_serve,
 }
 
 if __name__ == "__main__":  # pragma: no cover
