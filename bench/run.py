@@ -3,7 +3,7 @@
     python bench/run.py [--quick] [--only NAME ...] [--json FILE]
 
 NAME is one of: train_throughput, kv_cache, generation, train_sample_overhead, tokenizer, time_to_quality,
-tui_first_frame (each adds one or more rows).
+tui_first_frame, ddp_scaling (each adds one or more rows).
 Prints a table of rows (name, value, unit, target, ok); `--json` writes the same rows as a list of objects with
 exactly those keys. `ok` is true/false for a row with a target and null for an informational row; `value` is
 "n/a" when a row could not be measured (its reason is printed under the table).
@@ -32,7 +32,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))  # the reference implementations next to this file
 
 GROUPS = ("train_throughput", "kv_cache", "generation", "train_sample_overhead", "tokenizer", "time_to_quality",
-          "tui_first_frame")
+          "tui_first_frame", "ddp_scaling")
 
 
 @dataclass
@@ -607,6 +607,48 @@ def bench_tui_first_frame(plan: Plan, tmp: Path) -> list[Row]:
     ]
 
 
+# --- 6. several processes (torchrun, DDP) -----------------------------------------------------------------------
+
+
+def bench_ddp_scaling(plan: Plan, tmp: Path) -> list[Row]:
+    """Training tokens per second of `gptui train --nproc-per-node 1` against `--nproc-per-node 2` (torchrun, gloo
+    on the CPU, DDP), each a fresh command with the same small char-level model, per-rank batch and threads per
+    rank (the cores shared out over two ranks), so the ratio is what the second rank adds. Tokens/s is the whole
+    job's (the ranks' sum), from the command's JSON summary. Informational: on 2 cores the second rank takes the
+    core the first one leaves, and both pay the gradient all-reduce each step."""
+    cores = os.cpu_count() or 1
+    steps = 40 if plan.quick else 150
+    home = tmp / "ddp"
+    (home / "inputs").mkdir(parents=True, exist_ok=True)
+    (home / "inputs" / "sample.txt").write_bytes(sample_corpus().read_bytes())
+    settings = {"n_layer": 2, "n_head": 4, "n_embd": 128, "block_size": 128, "batch_size": 16, "tokenizer": "char",
+                "max_iters": steps, "warmup_iters": 5, "eval_interval": steps, "eval_iters": 2, "sample_interval": 0,
+                "device": "cpu", "dtype": "float32"}
+    sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    base = [sys.executable, "-m", "gptui", "--home", str(home)]
+    subprocess.run(base + ["prepare", "--input", "sample", "--tokenizer", "char"], check=True, capture_output=True)
+    results = {}
+    threads = max(1, cores // 2)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    for procs in (1, 2):
+        log(f"ddp_scaling: {steps} steps on {procs} rank{'s' if procs > 1 else ''}")
+        proc = subprocess.run(base + ["train", "--input", "sample", *sets, "--name", f"ddp-{procs}",
+                                      "--nproc-per-node", str(procs)],
+                              capture_output=True, text=True, env=env, timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{procs} process(es): {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        results[procs] = json.loads(proc.stdout.strip().splitlines()[-1])
+    one, two = results[1]["tokens_per_sec"], results[2]["tokens_per_sec"]
+    shape = (f"{steps} steps of {settings['batch_size']}x{settings['block_size']} tokens per rank, "
+             f"{settings['n_layer']}x{settings['n_embd']} char model, {cores} cores")
+    return [
+        Row("ddp_scaling_1", one, "tok/s", "", None, f"one rank, {threads} thread(s); {shape}"),
+        Row("ddp_scaling_2", two, "tok/s", "", None, f"two ranks, {threads} thread(s) each, tokens/s summed"),
+        Row("ddp_scaling", round(two / max(1e-9, one), 2), "x (2 ranks / 1)", "", None,
+            "informational: tokens/s of 2 ranks over 1 rank, same work per rank"),
+    ]
+
+
 # --- driver ------------------------------------------------------------------------------------------------
 
 BENCHES: dict[str, Callable[[Plan, Path], list[Row]]] = {
@@ -617,6 +659,7 @@ BENCHES: dict[str, Callable[[Plan, Path], list[Row]]] = {
     "tokenizer": bench_tokenizer,
     "time_to_quality": bench_time_to_quality,
     "tui_first_frame": bench_tui_first_frame,
+    "ddp_scaling": bench_ddp_scaling,
 }
 
 
