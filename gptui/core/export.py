@@ -227,11 +227,21 @@ def _tied(config) -> bool:
     return bool(getattr(config, "tie_embeddings", True))
 
 
-def _check_target(out: Path) -> None:
-    if out.is_file() or (out.exists() and not out.is_dir()):
-        raise InputError(f"{out} is a file, not a folder: export into a new or empty folder")
+def export_target_problem(out: Path) -> str | None:
+    """Why `out` cannot receive an export (it is a file, or a folder that is not empty), or None. Cheap and
+    torch-free: a path prompt can ask it before the export starts."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        return f"{out} is a file, not a folder: export into a new or empty folder"
     if out.is_dir() and any(out.iterdir()):
-        raise InputError(f"{out} is not empty: export into a new or empty folder")
+        return f"{out} is not empty: export into a new or empty folder"
+    return None
+
+
+def _check_target(out: Path) -> None:
+    problem = export_target_problem(out)
+    if problem:
+        raise InputError(problem)
 
 
 def _write_folder(out: Path, files: dict[str, str], tensors: dict[str, Any]) -> Path:

@@ -1,6 +1,10 @@
-"""Small dialogs: a yes/no confirmation and a one-line text prompt. They return their answer by dismissing."""
+"""Small dialogs: a yes/no confirmation, a one-line text prompt and a path prompt. They return their answer by
+dismissing."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -65,3 +69,26 @@ class TextPromptModal(ModalScreen[str | None]):
             self.notify("Type a name, or press Escape to cancel.", severity="warning")
             return
         self.dismiss(text)
+
+
+class PathPromptModal(TextPromptModal):
+    """Ask for a file or folder path (an export's destination); `~` expands. Dismisses with the Path, or None on
+    Escape or Cancel. `check(path)` may return why the path will not do: the reason is shown and the dialog stays
+    open for another answer."""
+
+    def __init__(self, question: str, value: str = "", ok: str = "OK",
+                 check: Callable[[Path], str | None] | None = None) -> None:
+        super().__init__(question, value, ok)
+        self.check = check
+
+    def _answer(self) -> None:
+        text = self.query_one("#answer", Input).value.strip()
+        if not text:
+            self.notify("Type a path, or press Escape to cancel.", severity="warning")
+            return
+        path = Path(text).expanduser()
+        problem = self.check(path) if self.check is not None else None
+        if problem:
+            self.notify(problem, severity="warning")
+            return
+        self.dismiss(path)
