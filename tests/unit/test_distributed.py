@@ -190,6 +190,26 @@ def _two_ranks(rank: int, port: int, folder: str) -> None:
     out["shared"] = d.from_main(lambda: {"from": "main", "rank": d.rank})
     out["gather"] = d.gather(rank * 10)
 
+    # gradient accumulation: no_sync micro-steps average nothing; the last micro-step averages everything once
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    torch.manual_seed(0)
+    model = d.wrap(torch.nn.Linear(4, 1))
+    syncs: list[int] = []
+
+    def counting(state, bucket):
+        syncs.append(1)
+        return default_hooks.allreduce_hook(state, bucket)
+
+    model.register_comm_hook(None, counting)
+    x = torch.full((2, 4), float(rank + 1))
+    with d.no_sync(model):
+        model(x).sum().backward()
+    out["syncs_after_no_sync"] = len(syncs)
+    model(x).sum().backward()
+    out["syncs_after_last"] = len(syncs)
+    out["grad"] = model.module.weight.grad.flatten().tolist()
+
     def fails():
         raise InputError("no such corpus")
 
@@ -229,6 +249,9 @@ def test_two_ranks_average_agree_share_and_report_a_lost_peer(tmp_path):
     assert r0["any"] == r1["any"] == [True, False]
     assert r0["shared"] == r1["shared"] == {"from": "main", "rank": 0}
     assert r0["gather"] == r1["gather"] == [0, 10]
+    assert r0["syncs_after_no_sync"] == 0 and r0["syncs_after_last"] == 1
+    # rank r's inputs are r+1 (2 rows): summed over two micro-steps, averaged over ranks: (2*2*1 + 2*2*2) / 2
+    assert r0["grad"] == r1["grad"] == [6.0] * 4
     assert r0["failure"] == ["InputError", "no such corpus", 2]
     assert r1["failure"] == ["PeerFailed", "rank 0 failed: no such corpus", 2]
     assert r0["lost"].startswith("lost contact with another rank"), r0["lost"]
