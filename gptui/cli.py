@@ -620,7 +620,7 @@ def cmd_serve(args, workspace) -> int:
     server = GptuiServer(shlex.join(command), host=args.host, port=args.port, title="gptui",
                          public_url=args.public_url)
     try:
-        server.serve(debug=args.debug)
+        server.serve()  # (its debug mode would have each app look for Textual's devtools)
     except OSError as exc:  # taken between the check and the start
         raise InputError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
     return 0

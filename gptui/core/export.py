@@ -60,6 +60,8 @@ def export_run(run: Run, out: Path, format: str = "hf") -> Path:
         raise InputError(f"unknown export format {format!r} (choose {', '.join(FORMATS)})")
     out = Path(out).expanduser().absolute()
     _check_target(out)
+    if out.resolve().parent == run.path.parent.resolve():
+        raise InputError(f"{out} would sit among the runs in {run.path.parent}: export somewhere else")
     problem = check_run(run)
     if problem:
         raise DamagedRun(f"run {run.id} is damaged: {problem}")

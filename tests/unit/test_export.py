@@ -207,6 +207,13 @@ def test_a_file_in_the_way_is_refused(trained_run, tmp_path):
         export_run(trained_run, tmp_path / "file")
 
 
+def test_a_folder_among_the_runs_is_refused(run_copy):
+    """models/ holds runs only: an export there would be listed as a damaged run."""
+    with pytest.raises(InputError, match="among the runs"):
+        export_run(run_copy, run_copy.path.parent / "exported")
+    assert [p.name for p in run_copy.path.parent.iterdir()] == [run_copy.id]
+
+
 def test_an_unknown_format_is_refused(trained_run, tmp_path):
     with pytest.raises(InputError, match="unknown export format 'onnx'"):
         export_run(trained_run, tmp_path / "out", "onnx")
