@@ -601,6 +601,7 @@ def cmd_export(args, workspace) -> int:
 
 def cmd_serve(args, workspace) -> int:
     """The TUI over this workspace in a browser: textual-serve starts `gptui --home HOME` for each page opened."""
+    import asyncio
     import shlex
 
     if not 1 <= args.port <= 65535:
@@ -613,9 +614,26 @@ def cmd_serve(args, workspace) -> int:
     workspace.ensure()
     command = [sys.executable, "-m", "gptui", "--home", str(workspace.home)] + (["--debug"] if args.debug else [])
 
+    sessions: set[asyncio.Task] = set()
+
     class GptuiServer(Server):
         async def on_startup(self, app) -> None:  # one line instead of textual-serve's banner
             print(f"serving gptui ({workspace.home}) at {self.public_url}; ctrl-c stops", flush=True)
+
+        async def handle_websocket(self, request):
+            task = asyncio.current_task()
+            sessions.add(task)
+            try:
+                return await super().handle_websocket(request)
+            finally:
+                sessions.discard(task)
+
+        async def on_shutdown(self, app) -> None:
+            # ctrl-c: end the open pages now, each app told to quit (else aiohttp waits up to a minute for them)
+            for task in list(sessions):
+                task.cancel()
+            if sessions:
+                await asyncio.wait(list(sessions), timeout=10)
 
     server = GptuiServer(shlex.join(command), host=args.host, port=args.port, title="gptui",
                          public_url=args.public_url)

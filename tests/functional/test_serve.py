@@ -1,6 +1,6 @@
 """`gptui serve` in a real browser: the server starts on 127.0.0.1, headless Chromium (Debian's `chromium`, driven by
 Playwright's Python package, never a downloaded browser) opens the page, and the TUI's Corpus tab with the sample
-corpus appears in the page's terminal.
+corpus appears in the page's terminal; ctrl-c then stops the server and the app it started for the page.
 
 xterm.js draws the terminal on a canvas, so the screen's text is read from the terminal's own buffer: a script
 that runs before the page's catches the xterm `Terminal` textual-serve creates (it is kept as `.terminal` on the
@@ -82,7 +82,7 @@ def server(tmp_path):
         )
     try:
         wait_for_port(port, proc, log)
-        yield f"http://127.0.0.1:{port}/", home
+        yield f"http://127.0.0.1:{port}/", home, proc
     finally:
         for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
             try:
@@ -99,7 +99,7 @@ def server(tmp_path):
 @pytest.mark.skipif(CHROMIUM is None, reason="needs the Debian chromium package (apt-get install chromium)")
 def test_the_corpus_tab_with_the_sample_corpus_appears_in_a_browser(server, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install -e '.[dev]')")
-    url, home = server
+    url, home, proc = server
     screen, shot = "", tmp_path / "serve.png"
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=30_000)
@@ -114,8 +114,15 @@ def test_the_corpus_tab_with_the_sample_corpus_appears_in_a_browser(server, tmp_
                     break
                 page.wait_for_timeout(200)
             page.screenshot(path=str(shot))
+            # ctrl-c with the page still open: the server ends its app and stops (textual-serve alone left open
+            # pages to aiohttp's one-minute grace period)
+            proc.send_signal(signal.SIGINT)
+            stopped = proc.wait(30)
         finally:
             browser.close()
+    assert stopped == 0
+    left = subprocess.run(["ps", "-o", "pid=,args=", "-g", str(proc.pid)], capture_output=True, text=True).stdout
+    assert left.strip() == "", f"processes of the server left running:\n{left}"
     assert "Preview of tinyshakespeare.txt" in screen, f"the Corpus tab did not appear (see {shot}):\n{screen}"
     lines = screen.splitlines()
     assert "Corpus" in lines[0] and "Runs" in lines[0], "the tab bar"
