@@ -228,5 +228,5 @@ def test_runs_json_keys(workspace, run_copy, capsys):
     data = json.loads(capsys.readouterr().out)
     assert isinstance(data, list) and len(data) == 1
     assert set(data[0]) == {"id", "corpus", "params", "tokenizer", "steps", "best_val_loss", "val_bpb", "status",
-                            "created", "duration", "damaged"}
+                            "created", "duration", "damaged", "world_size"}
     assert data[0]["id"] == run_copy.id and data[0]["status"] == "completed" and data[0]["damaged"] is None
