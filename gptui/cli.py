@@ -629,19 +629,33 @@ def cmd_serve(args, workspace) -> int:
                 sessions.discard(task)
 
         async def on_shutdown(self, app) -> None:
-            # ctrl-c: end the open pages now, each app told to quit (else aiohttp waits up to a minute for them)
+            # ctrl-c: end the open pages now, each app told to quit (else the server waits them out, 20 s here)
             for task in list(sessions):
                 task.cancel()
             if sessions:
                 await asyncio.wait(list(sessions), timeout=10)
 
     server = GptuiServer(shlex.join(command), host=args.host, port=args.port, title="gptui",
-                         public_url=args.public_url)
+                         public_url=_public_url(args.host, args.port, args.public_url))
     try:
         server.serve()  # (its debug mode would have each app look for Textual's devtools)
     except OSError as exc:  # taken between the check and the start
         raise InputError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
     return 0
+
+
+def _public_url(host: str, port: int, given: str | None) -> str:
+    """The address the page tells the browser to connect back to. A wildcard host (all interfaces) is no address
+    a browser can reach, so this machine's name stands in for it."""
+    if given:
+        return given.rstrip("/")
+    if host in ("0.0.0.0", "::", ""):
+        import socket
+
+        host = socket.gethostname()
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def _check_port_free(host: str, port: int) -> None:

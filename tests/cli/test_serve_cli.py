@@ -8,6 +8,8 @@ import socket
 import pytest
 from support import assert_one_line_error, gptui
 
+from gptui.cli import _public_url
+
 
 def test_a_busy_port_is_one_line_and_exit_2(tmp_path):
     with socket.socket() as taken:
@@ -32,3 +34,11 @@ def test_an_address_of_another_machine_is_one_line_and_exit_2(tmp_path):
 
 def test_a_port_that_is_not_a_number_is_one_line_and_exit_2(tmp_path):
     assert_one_line_error(gptui(tmp_path, "serve", "--port", "http", timeout=60), 2, "--port")
+
+
+def test_the_page_connects_back_to_an_address_a_browser_can_reach():
+    assert _public_url("127.0.0.1", 8000, None) == "http://127.0.0.1:8000"
+    assert _public_url("::1", 8080, None) == "http://[::1]:8080"
+    # all interfaces: no browser can connect to 0.0.0.0, so the page names this machine instead
+    assert _public_url("0.0.0.0", 8000, None) == f"http://{socket.gethostname()}:8000"
+    assert _public_url("0.0.0.0", 8000, "https://gpt.example.org/") == "https://gpt.example.org"
