@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import shutil
 import signal
@@ -64,7 +65,7 @@ class LaunchOptions:
             raise InputError(f"--nproc-per-node {self.nproc_per_node} is more processes than one machine runs")
         if self.nnodes < 1:
             raise InputError(f"--nnodes must be at least 1, not {self.nnodes}")
-        if not self.rdzv_timeout > 0:
+        if not (math.isfinite(self.rdzv_timeout) and self.rdzv_timeout > 0):
             raise InputError(f"--rdzv-timeout must be a positive number of seconds, not {self.rdzv_timeout:g}")
         static = self.master_addr is not None or self.master_port is not None
         if static and self.rdzv_endpoint:
@@ -310,7 +311,8 @@ def root_cause(deaths: dict[int, Death], errors: dict[int, dict[str, Any]]) -> t
     own = sorted((e for e in errors.values() if not e.get("peer")), key=lambda e: (e.get("time", 0), e["rank"]))
     if own:
         first = own[0]
-        prefix = f"rank {first['rank']}: " if first["rank"] else ""
+        named = first["rank"] == 0 or str(first["message"]).startswith(f"rank {first['rank']} ")
+        prefix = "" if named else f"rank {first['rank']}: "
         return prefix + str(first["message"]), int(first.get("exit_code", 1))
     silent = [d for r, d in deaths.items() if r not in errors and d.exitcode != 0]
     if silent:

@@ -48,6 +48,18 @@ def test_the_processes_setting_is_checked_and_counts_the_global_batch(home: Path
             estimates = str(app.model_tab.query_one("#model-estimates", Static).render())
             assert "tokens/step 256 (2 processes)" in estimates
 
+            # what only the processes can refuse (MPS: not on this machine, and never for several processes)
+            # comes back as one notice
+            app.model_tab.set_values({"device": "mps"})
+            await pilot.pause()
+            failures: list[str] = []
+            app.notify = lambda message, **kw: failures.append(str(message))  # type: ignore[method-assign]
+            await pilot.press("ctrl+t")
+            await wait_for(pilot, lambda: not tab.running and bool(failures), "the launcher's refusal")
+            assert len(failures) == 1 and "MPS" in failures[0], failures
+            assert tab.stats["status"] == f"failed: {failures[0]}"
+        assert not (home / "models").exists() or not any((home / "models").iterdir()), "nothing half-written"
+
     asyncio.run(go())
 
 

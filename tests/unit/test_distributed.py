@@ -271,6 +271,7 @@ def test_two_ranks_average_agree_share_and_report_a_lost_peer(tmp_path):
     (LaunchOptions(1, rdzv_endpoint="nohost"), "HOST:PORT"),
     (LaunchOptions(1, rdzv_endpoint="h:0"), "HOST:PORT"),
     (LaunchOptions(1, rdzv_timeout=0), "--rdzv-timeout"),
+    (LaunchOptions(1, rdzv_timeout=float("inf")), "--rdzv-timeout"),
 ])
 def test_impossible_launch_options_are_refused(options, fragment):
     with pytest.raises(InputError, match=fragment.replace("-", r"\-")):
@@ -327,6 +328,8 @@ def test_root_cause_prefers_a_rank_s_own_reason_then_a_killed_rank():
     bad = {"rank": 0, "message": "corpus changed", "exit_code": 2, "peer": False, "time": 1.0}
     assert root_cause({0: Death(0, 2, None, 1.0)}, {0: bad}) == ("corpus changed", 2)
     assert root_cause({}, {0: lost}) == (lost["message"], 1)
+    named = {"rank": 1, "message": "rank 1 sees a different corpus", "exit_code": 2, "peer": False, "time": 1.0}
+    assert root_cause({}, {1: named}) == ("rank 1 sees a different corpus", 2)
     assert root_cause({1: Death(1, 3, None, 5.0)}, {}) == ("rank 1 exited with status 3", 1)
 
 
