@@ -252,7 +252,6 @@ def _launch(args, workspace, config, overrides) -> int:
         rdzv_timeout=DEFAULT_RDZV_TIMEOUT if args.rdzv_timeout is None else args.rdzv_timeout,
     ).check()
     workspace.ensure()
-    device = str(overrides.get("device", "")).strip() or (config.device if config is not None else "auto")
     if args.resume:
         run = RunStore(workspace).resolve(args.resume)
         state = run.read_state()
@@ -260,11 +259,6 @@ def _launch(args, workspace, config, overrides) -> int:
             raise InputError(f"run {run.id} is already training in another process")
         if not run.file(CHECKPOINT).exists():
             raise InputError(f"run {run.id} has no checkpoint to resume from")
-        if "device" not in overrides:
-            try:
-                device = str(run.read_config()["settings"]["device"])
-            except (OSError, ValueError, KeyError, TypeError):
-                device = "auto"
     else:
         workspace.corpus_path(args.input)
     worker = ["--home", str(workspace.home)] + (["--debug"] if args.debug else []) + ["train"]
@@ -278,7 +272,7 @@ def _launch(args, workspace, config, overrides) -> int:
         worker += ["--max-minutes", repr(args.max_minutes)]
     if args.replace_errors:
         worker.append("--replace-errors")
-    return launch(options, worker, device, debug=args.debug)
+    return launch(options, worker, _requested_device(workspace, args, config, overrides), debug=args.debug)
 
 
 def _train_rank(args, workspace, config, overrides) -> int:
@@ -304,10 +298,7 @@ def _rank_job(args, workspace, config, overrides) -> int:
     rank = int(os.environ["RANK"])
     dist = job = None
     try:
-        device = str(overrides.get("device", "")).strip() or (config.device if config is not None else "auto")
-        if config is None:
-            device = _saved_device(workspace, args.resume, device, overrides)
-        dist = from_env(device)
+        dist = from_env(_requested_device(workspace, args, config, overrides))
         progress = ConsoleProgress(sys.stderr) if dist.is_main else _Silent()
 
         def on_event(e) -> None:
@@ -341,13 +332,17 @@ def _rank_job(args, workspace, config, overrides) -> int:
     return 0
 
 
-def _saved_device(workspace, resume, device, overrides) -> str:
-    if "device" in overrides:
-        return device
+def _requested_device(workspace, args, config, overrides) -> str:
+    """The device setting the job will train with: --set device=..., else the new config's, else the resumed
+    run's (which picks NCCL or gloo, and one GPU per rank)."""
+    if str(overrides.get("device", "")).strip():
+        return str(overrides["device"]).strip()
+    if config is not None:
+        return config.device
     from gptui.core.runs import RunStore
 
     try:
-        return str(RunStore(workspace).resolve(resume).read_config()["settings"]["device"])
+        return str(RunStore(workspace).resolve(args.resume).read_config()["settings"]["device"])
     except (GptuiError, OSError, ValueError, KeyError, TypeError):
         return "auto"
 

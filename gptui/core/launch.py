@@ -272,12 +272,17 @@ def _run_torchrun(options: LaunchOptions, worker_args: list[str], folder: Launch
 
 
 def _rendezvous_failure(exc: Exception, options: LaunchOptions) -> GptuiError:
-    text = str(exc)
+    from torch.distributed import DistError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
+
+    text, where = str(exc), options.rendezvous()
     if "EADDRINUSE" in text or "address already in use" in text.lower():
-        return InputError(f"port of {options.rendezvous()} is in use on this machine; pick another port")
-    where = options.rendezvous()
-    return LaunchFailed(f"could not form the job at {where} within {options.rdzv_timeout:g}s "
-                        f"({type(exc).__name__}); are the other machines started and reachable?")
+        return InputError(f"the rendezvous port ({where}) is in use on this machine; pick another port")
+    if isinstance(exc, (RendezvousError, DistError, TimeoutError, OSError)):
+        return LaunchFailed(f"could not form the job at {where} within {options.rdzv_timeout:g}s "
+                            f"({type(exc).__name__}); are the other machines started and reachable?")
+    first = text.strip().splitlines()
+    return LaunchFailed(f"torchrun could not start the job: {type(exc).__name__}: {first[0] if first else ''}")
 
 
 def read_outcome(folder: LaunchDir, deaths: dict[int, Death], interrupted: bool) -> int:
