@@ -164,6 +164,23 @@ def sample_overhead(device: str, preset: str, steps: int, quick: bool) -> dict:
             "total_s": total, "share": 100 * sum(spent) / total}
 
 
+def gpu_preset_quality(device: str, quick: bool) -> dict:
+    """The `gpu` preset trained on the sample corpus as a user would (TrainJob, its own budget): best val bpb and
+    the seconds it took. Target: at most 2.05 bits per byte in under 60 s on an H100 or H200."""
+    import tempfile
+
+    from gptui.core.trainer import TrainJob
+    from gptui.core.workspace import Workspace
+
+    sets = {"device": device} | ({"max_iters": 20, "eval_interval": 10, "batch_size": 4, "max_minutes": 0,
+                                  "warmup_iters": 0, "sample_interval": 0, "eval_iters": 2} if quick else {})
+    config = apply_overrides(preset_config("gpu"), sets)
+    with tempfile.TemporaryDirectory() as tmp:
+        f = TrainJob(Workspace(tmp).ensure(), "tinyshakespeare", config).run()
+    return {"steps": f.step, "seconds": f.duration, "bpb": f.best_val_bpb, "reason": f.reason,
+            "tok_s": f.tokens_per_sec}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cuda")
@@ -191,6 +208,13 @@ def main() -> None:
             print(f"{r['preset']:<8} {r['mode']:<9} {r['dtype']:<9} {r['tok_s']:>12,.0f} "
                   f"{r['flops'] / peak:>6.1%} {r['ms_step']:>9.1f} {r['peak_mem'] / 2**30:>8.2f}GB")
     decode_table(device, 60 if args.quick else 300)
+    try:
+        q = gpu_preset_quality(device, args.quick)
+        ok = q["bpb"] is not None and q["bpb"] <= 2.05 and q["seconds"] < 60
+        print(f"\ngpu preset: best val {q['bpb']:.4f} bits/byte after {q['steps']} steps in {q['seconds']:.1f}s "
+              f"({q['reason']}), {q['tok_s']:,.0f} tok/s; target <= 2.05 in < 60 s: {'yes' if ok else 'NO'}")
+    except Exception as exc:
+        print(f"\ngpu preset: failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}")
     print("\ntraining samples (tiny: 1000 steps, a 200-token sample every 250; lecture: 500 steps, one sample)")
     for preset, steps in (("tiny", 30 if args.quick else 1000), ("lecture", 10 if args.quick else 500)):
         steps_note = "quick: batch 4, two 20-token samples" if args.quick else "eval_iters 20"

@@ -190,6 +190,8 @@ Config = dataclasses.make_dataclass(
 PRESETS: dict[str, dict[str, Any]] = {
     # Learns readable text on a laptop CPU in a few minutes; beats nanoGPT's laptop recipe at equal time.
     "tiny": {},
+    # The tiny preset as it was before the modern recipe (GPT-2 architecture, AdamW), kept to compare against.
+    "tiny-classic": {},
     # Karpathy's gpt.py from the "Let's build GPT" lecture.
     "lecture": dict(
         n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, bias=True, tokenizer="char",
