@@ -151,7 +151,7 @@ def test_tab_keys_switch_tabs(home: Path) -> None:
 def test_a_full_disk_while_training_is_reported_and_the_app_keeps_running(home: Path, monkeypatch) -> None:
     import errno
 
-    from gptui.core import fsio, trainer
+    from gptui.core import fsio, runs
 
     saves: list[Path] = []
 
@@ -162,7 +162,7 @@ def test_a_full_disk_while_training_is_reported_and_the_app_keeps_running(home: 
                 raise OSError(errno.ENOSPC, "No space left on device", str(path))
         fsio.atomic_write(path, write)
 
-    monkeypatch.setattr(trainer, "atomic_write", full_after_first_checkpoint)
+    monkeypatch.setattr(runs, "atomic_write", full_after_first_checkpoint)  # Run.write_file's writer
 
     async def go() -> str:
         app = make_app(home, poll=False)

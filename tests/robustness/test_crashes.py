@@ -13,7 +13,7 @@ import pytest
 import torch
 from support import gptui, gptui_background
 
-from gptui.core import fsio, trainer
+from gptui.core import fsio, runs
 from gptui.core.fsio import read_jsonl
 from gptui.core.generate import load_model
 from gptui.core.model import GPT
@@ -109,7 +109,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(small_workspace, s
                 raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real_atomic_write(path, write)
 
-    monkeypatch.setattr(trainer, "atomic_write", full_disk_after_first_checkpoint)
+    monkeypatch.setattr(runs, "atomic_write", full_disk_after_first_checkpoint)  # Run.write_file's writer
     job = TrainJob(small_workspace, "tiny", config)
     with pytest.raises(TrainingFailed, match="No space left on device"):
         job.run()
