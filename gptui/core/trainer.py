@@ -495,7 +495,8 @@ class TrainJob:
                     break
             elif checkpoint_due:
                 save("running")
-            if config.sample_interval and step % config.sample_interval == 0:
+            if config.sample_interval and step % config.sample_interval == 0 and dist.is_main:
+                # only the run's owner samples: the others would throw their text away
                 text = data.tokenizer.decode(sampler.sample(step))
                 self.emit(ev.Sample(step, text))
                 self.log(f"sample at step {step}:\n{text}\n")
