@@ -4,9 +4,10 @@ other, and print the best validation bits per byte each reached.
     python bench/sweep.py [--minutes M | --steps N] [--only NAME ...] [--json FILE]
 
 Each recipe is the `tiny-classic` preset plus the overrides listed in RECIPES. With a time budget (the default,
-4 minutes), max_iters is set per recipe so its learning-rate schedule ends near the budget on a quiet 2-core
-machine (`--steps-per-minute` scales them). With `--steps N` every recipe trains exactly N steps whatever the
-time: quality per step, which a busy machine cannot skew. Runs live in a
+4 minutes), max_iters is set per recipe so its learning-rate schedule ends near 92% of the budget on a quiet
+2-core machine (steps per minute measured on an AMD EPYC with AVX512-BF16; `--steps-per-minute` scales them).
+With `--steps N` every recipe trains exactly N steps whatever the time: quality per step, which a busy machine
+cannot skew. Runs live in a
 temporary workspace removed at exit. The results of the sweep behind the presets are in bench/RESULTS.md.
 """
 
@@ -25,14 +26,14 @@ MODERN = {"pos_embedding": "rope", "norm": "rmsnorm", "mlp": "relu2", "qk_norm":
           "logit_softcap": 15.0}
 # name: (overrides on tiny-classic, steps per minute of budget on 2 cores)
 RECIPES: dict[str, tuple[dict, int]] = {
-    "tiny-classic": ({}, 330),
-    "modern-adamw": (MODERN, 310),
-    "modern-muon": ({**MODERN, "optimizer": "muon", "muon_lr": 0.02}, 300),
-    "modern-muon-lr05": ({**MODERN, "optimizer": "muon", "muon_lr": 0.05}, 300),
-    "modern-muon-swiglu": ({**MODERN, "mlp": "swiglu", "optimizer": "muon", "muon_lr": 0.02}, 300),
-    "modern-muon-bpe1024": ({**MODERN, "optimizer": "muon", "muon_lr": 0.02, "vocab_size": 1024}, 290),
-    "modern-muon-wide": ({**MODERN, "optimizer": "muon", "muon_lr": 0.02, "n_embd": 256, "n_head": 4}, 200),
-    "modern-muon-lr4e-3": ({**MODERN, "optimizer": "muon", "muon_lr": 0.02, "lr": 4e-3}, 300),
+    "tiny-classic": ({}, 207),
+    "modern-adamw": (MODERN, 180),
+    "modern-muon": ({**MODERN, "optimizer": "muon", "muon_lr": 0.02}, 165),
+    "modern-muon-lr05": ({**MODERN, "optimizer": "muon", "muon_lr": 0.05}, 165),
+    "modern-muon-swiglu": ({**MODERN, "mlp": "swiglu", "optimizer": "muon", "muon_lr": 0.02}, 160),
+    "modern-muon-bpe1024": ({**MODERN, "optimizer": "muon", "muon_lr": 0.02, "vocab_size": 1024}, 160),
+    "modern-muon-wide": ({**MODERN, "optimizer": "muon", "muon_lr": 0.02, "n_embd": 256, "n_head": 4}, 108),
+    "modern-muon-lr4e-3": ({**MODERN, "optimizer": "muon", "muon_lr": 0.02, "lr": 4e-3}, 165),
 }
 
 

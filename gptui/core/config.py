@@ -198,6 +198,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         batch_size=64, lr=3e-4, min_lr=3e-4, warmup_iters=0, weight_decay=0.0, beta2=0.999, grad_clip=0.0,
         max_iters=5000, eval_interval=500, eval_iters=200, sample_interval=500,
     ),
+    # One GPU, about a minute: nanoGPT's shakespeare_char shape with the modern recipe (rotary positions, RMSNorm,
+    # QK-norm, ReLU², untied head, soft-capped logits, Muon); stops at the schedule's end or after a minute.
+    "gpu": dict(
+        n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, bias=False, tokenizer="char",
+        pos_embedding="rope", norm="rmsnorm", qk_norm=True, mlp="relu2", tie_embeddings=False, logit_softcap=15.0,
+        optimizer="muon", muon_lr=0.02, batch_size=64, lr=2e-3, min_lr=2e-4, warmup_iters=100, max_iters=1500,
+        eval_interval=250, eval_iters=50, sample_interval=500, max_minutes=1.0,
+    ),
     # The old scripts' model.
     "seed": dict(
         n_layer=8, n_head=8, n_embd=1024, block_size=128, dropout=0.2, bias=True, tokenizer="bpe",

@@ -17,6 +17,17 @@ from textual.widgets import Checkbox, Input, Label, Select, Static
 from gptui.core.config import Setting
 
 
+class OnOff(Checkbox):
+    """A checkbox whose label says its state, "on" or "off", so it reads right without colour."""
+
+    def __init__(self, value: bool, **kwargs) -> None:
+        super().__init__("on" if value else "off", value, **kwargs)
+
+    def watch_value(self) -> None:
+        super().watch_value()
+        self.label = "on" if self.value else "off"
+
+
 class SettingValidator(Validator):
     """The declaration's own parse and range check, so the Input turns red as soon as a value is refused."""
 
@@ -71,7 +82,7 @@ class SettingField(Horizontal):
     def _make_editor(self, value: Any) -> Widget:
         s = self.setting
         if s.type is bool:
-            return Checkbox("on", bool(value), compact=True, classes="field-editor")
+            return OnOff(bool(value), compact=True, classes="field-editor")
         if s.choices:
             return Select([(c, c) for c in s.choices], value=value, allow_blank=False, compact=True,
                           classes="field-editor")
