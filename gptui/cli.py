@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a setting (repeatable); `gptui settings` lists them")
     t.add_argument("--name", help="name for the run folder (sanitised)")
     t.add_argument("--resume", metavar="RUN", help="continue a stopped run (id or unique prefix)")
+    t.add_argument("--init-from", metavar="RUN",
+                   help="fine-tune: a new run on --input starting from RUN's best weights and tokenizer (its model "
+                        "shape is kept; other settings are RUN's unless --preset or --set give them)")
     t.add_argument("--max-minutes", type=float, help="stop after this many minutes")
     t.add_argument("--replace-errors", action="store_true", help="replace bytes that are not UTF-8")
     d = t.add_argument_group("several processes (torchrun, DistributedDataParallel)")
@@ -170,6 +173,24 @@ def _config_from_args(args):
         raise InputError("; ".join(exc.problems.values())) from None
 
 
+def _fine_tune_config_from_args(args, workspace):
+    """`train --init-from RUN`: RUN's model shape, the rest from --preset (or RUN's own settings), then --set;
+    a --set that changes the shape is refused by name. Checked here, before torch or torchrun start."""
+    from gptui.core.config import ConfigError, parse_assignments, preset_config
+    from gptui.core.finetune import fine_tune_config, fine_tune_source
+    from gptui.core.runs import RunStore
+
+    source = fine_tune_source(RunStore(workspace).resolve(args.init_from))
+    try:
+        base = preset_config(args.preset) if args.preset else None
+        overrides = parse_assignments(args.sets)
+        if args.max_minutes is not None:
+            overrides["max_minutes"] = args.max_minutes
+        return fine_tune_config(source, base, overrides), overrides
+    except ConfigError as exc:
+        raise InputError("; ".join(exc.problems.values())) from None
+
+
 LAUNCH_FLAGS = {"nnodes": "--nnodes", "node_rank": "--node-rank", "master_addr": "--master-addr",
                 "master_port": "--master-port", "rdzv_endpoint": "--rdzv-endpoint", "rdzv_timeout": "--rdzv-timeout"}
 
@@ -180,6 +201,12 @@ def cmd_train(args, workspace) -> int:
     given = [flag for key, flag in LAUNCH_FLAGS.items() if getattr(args, key) is not None]
     if given and args.nproc_per_node is None:
         raise InputError(f"{given[0]} needs --nproc-per-node N (processes on this machine)")
+    if args.init_from is not None:
+        if args.resume:
+            raise InputError("--init-from cannot be combined with --resume (a fine-tune is a new run; resume it "
+                             "later by its own id)")
+        if not args.input:
+            raise InputError("--init-from needs --input NAME (the corpus in inputs/ to fine-tune on)")
     if not args.input and not args.resume:
         raise InputError("train needs --input NAME (a corpus in inputs/) or --resume RUN")
     if args.resume:
@@ -192,6 +219,8 @@ def cmd_train(args, workspace) -> int:
         if args.max_minutes is not None:
             overrides["max_minutes"] = args.max_minutes
         config = None
+    elif args.init_from is not None:
+        config, overrides = _fine_tune_config_from_args(args, workspace)
     else:
         config, overrides = _config_from_args(args)
 
@@ -206,8 +235,8 @@ def cmd_train(args, workspace) -> int:
 
     progress = ConsoleProgress(sys.stderr)
     job = TrainJob(
-        workspace, args.input, config, name=args.name, resume=args.resume, overrides=overrides,
-        on_event=progress, replace_errors=args.replace_errors,
+        workspace, args.input, config, name=args.name, resume=args.resume, init_from=args.init_from,
+        overrides=overrides, on_event=progress, replace_errors=args.replace_errors,
     )
     result = _run_job(job, progress)
     _print_summary(result)
@@ -221,7 +250,7 @@ def _run_job(job, progress):
     def on_sigint(signum, frame):
         if job.stopping:
             raise KeyboardInterrupt
-        progress.message("stopping: saving a checkpoint (ctrl-c again to abort)")
+        progress.message("stopping: evaluating and saving (ctrl-c again to abort)")
         job.stop(interrupt)
 
     previous = signal.signal(signal.SIGINT, on_sigint)
@@ -263,7 +292,7 @@ def _launch(args, workspace, config, overrides) -> int:
         workspace.corpus_path(args.input)
     worker = ["--home", str(workspace.home)] + (["--debug"] if args.debug else []) + ["train"]
     for flag, value in (("--input", args.input), ("--preset", args.preset), ("--name", args.name),
-                        ("--resume", args.resume)):
+                        ("--resume", args.resume), ("--init-from", args.init_from)):
         if value is not None:
             worker += [flag, value]
     for item in args.sets:
@@ -306,8 +335,9 @@ def _rank_job(args, workspace, config, overrides) -> int:
             if folder is not None and dist.is_main and isinstance(e, ev.Started):
                 folder.write_started(dataclasses.asdict(e))
 
-        job = TrainJob(workspace, args.input, config, name=args.name, resume=args.resume, overrides=overrides,
-                       on_event=on_event, replace_errors=args.replace_errors, dist=dist)
+        job = TrainJob(workspace, args.input, config, name=args.name, resume=args.resume,
+                       init_from=args.init_from, overrides=overrides, on_event=on_event,
+                       replace_errors=args.replace_errors, dist=dist)
         result = _run_job(job, progress)
     except (Exception, KeyboardInterrupt) as exc:
         if args.debug:
@@ -412,7 +442,8 @@ class ConsoleProgress:
                          f"val bpb {e.val_bpb:.4f}{'  (best)' if e.best else ''}")
         elif isinstance(e, ev.Sample):
             self.message(f"--- sample at step {e.step} ---\n{e.text.strip()}\n---")
-        elif isinstance(e, ev.Log) and e.line.startswith(("tokenizer", "data:", "torch.compile", "resum")):
+        elif isinstance(e, ev.Log) and e.line.startswith(("tokenizer", "data:", "torch.compile", "resum",
+                                                          "fine-tuning")):
             self.message(e.line)
         elif isinstance(e, ev.Finished) and e.status != "failed":  # failures are main()'s one line
             self.message(f"{e.status}: {e.reason}")

@@ -2,6 +2,7 @@
 
 The cache key is the corpus's sha256 plus the tokenizer settings, so an edited corpus or other settings get a
 fresh entry and a repeat costs a hash and a memory map. Tokens are a raw uint16/uint32 array (`tokens.bin`).
+A corpus encoded with a given tokenizer (a run's, to fine-tune it) is keyed by that tokenizer's sha256 instead.
 """
 
 from __future__ import annotations
@@ -15,13 +16,21 @@ from pathlib import Path
 import numpy as np
 
 from gptui.core.config import MAX_UINT16_VOCAB, Config
-from gptui.core.errors import CorpusError
+from gptui.core.errors import CorpusError, InputError
 from gptui.core.fsio import atomic_write, atomic_write_json, read_json
-from gptui.core.tokenizer import Progress, Tokenizer, load_tokenizer, train_tokenizer
+from gptui.core.tokenizer import (
+    CharTokenizer,
+    Progress,
+    Tokenizer,
+    load_tokenizer,
+    tokenizer_from_json,
+    train_tokenizer,
+)
 from gptui.core.workspace import read_text
 
 CACHE_VERSION = 1
 VAL_FRACTION = 0.1
+MISSING_SHOWN = 12  # characters named when a char tokenizer cannot encode a corpus
 
 
 @dataclass(frozen=True)
@@ -91,8 +100,15 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def cache_dir(cache_root: Path, corpus_sha: str, spec: TokenizerSpec) -> Path:
-    return Path(cache_root) / f"{corpus_sha[:16]}-{spec.key()}"
+def cache_dir(cache_root: Path, corpus_sha: str, spec: TokenizerSpec | str) -> Path:
+    """The cache entry of a corpus: `spec` is tokenizer settings, or the key of a given tokenizer."""
+    key = spec if isinstance(spec, str) else spec.key()
+    return Path(cache_root) / f"{corpus_sha[:16]}-{key}"
+
+
+def tokenizer_key(tokenizer_json: str) -> str:
+    """The cache key of a corpus encoded with a given tokenizer: the sha256 of its tokenizer.json."""
+    return f"tok{hashlib.sha256(tokenizer_json.encode('utf-8')).hexdigest()[:16]}-v{CACHE_VERSION}"
 
 
 def cache_status(cache_root: Path, corpus: Path, spec: TokenizerSpec) -> bool:
@@ -112,6 +128,53 @@ def prepare(
     show_progress: bool = False,
 ) -> Dataset:
     """Tokenize `corpus` with `spec`, reusing the cache when corpus and settings match."""
+
+    def tokenizer_for(text: str) -> Tokenizer:
+        return train_tokenizer(text, spec.kind, spec.vocab_size, spec.pattern, progress, show_progress)
+
+    return _prepare(corpus, spec.key(), tokenizer_for, cache_root, progress, replace_errors)
+
+
+def prepare_with_tokenizer(
+    corpus: Path,
+    tokenizer_json: str,
+    cache_root: Path,
+    progress: Progress | None = None,
+    replace_errors: bool = False,
+    source: str = "the",
+) -> Dataset:
+    """Encode `corpus` with a given tokenizer (a run's tokenizer.json, to fine-tune that run): nothing is trained,
+    and the entry is cached under the tokenizer's own key. A char-level tokenizer lacking characters of the corpus
+    is refused, naming them (`source` says whose tokenizer it is: "run X's")."""
+    try:
+        tokenizer = tokenizer_from_json(tokenizer_json)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{source} tokenizer.json cannot be read ({str(exc).splitlines()[0][:120]})") from None
+
+    def tokenizer_for(text: str) -> Tokenizer:
+        if isinstance(tokenizer, CharTokenizer):
+            missing = sorted(set(text) - set(tokenizer.chars))
+            if missing:
+                shown = ", ".join(repr(c) for c in missing[:MISSING_SHOWN])
+                more = f" and {len(missing) - MISSING_SHOWN} more" if len(missing) > MISSING_SHOWN else ""
+                raise CorpusError(
+                    f"{source} char tokenizer cannot encode {Path(corpus).name}: it lacks {len(missing)} "
+                    f"character{'s' if len(missing) > 1 else ''} ({shown}{more})"
+                )
+        return tokenizer
+
+    return _prepare(corpus, tokenizer_key(tokenizer_json), tokenizer_for, cache_root, progress, replace_errors)
+
+
+def _prepare(
+    corpus: Path,
+    key: str,
+    tokenizer_for,
+    cache_root: Path,
+    progress: Progress | None,
+    replace_errors: bool,
+) -> Dataset:
+    """Read, tokenize (with `tokenizer_for(text)`), encode, split and cache `corpus` under `key`; or serve it."""
     corpus = Path(corpus)
     if corpus.is_dir():
         raise CorpusError(f"{corpus} is a directory, not a text file")
@@ -120,7 +183,7 @@ def prepare(
         sha = sha256_file(corpus)
     except OSError as exc:
         raise CorpusError(f"{corpus}: cannot read ({exc.strerror or exc})") from None
-    folder = cache_dir(cache_root, sha, spec)
+    folder = cache_dir(cache_root, sha, key)
     loaded = _load_cached(folder, sha)
     if loaded is not None and loaded.had_bad_bytes and not replace_errors:
         read_text(corpus)  # raises the same refusal, with the offset, as the first time
@@ -133,7 +196,7 @@ def prepare(
     text = read_text(corpus, replace_errors=replace_errors)
     had_bad_bytes = replace_errors and "\ufffd" in text and _invalid_utf8(corpus)
     t1 = time.perf_counter()
-    tokenizer = train_tokenizer(text, spec.kind, spec.vocab_size, spec.pattern, progress, show_progress)
+    tokenizer = tokenizer_for(text)
     t2 = time.perf_counter()
     ids = tokenizer.encode_corpus(text, progress)
     t3 = time.perf_counter()
@@ -146,7 +209,7 @@ def prepare(
         "corpus": corpus.name,
         "corpus_sha256": sha,
         "corpus_bytes": corpus.stat().st_size,
-        "tokenizer": spec.kind,
+        "tokenizer": tokenizer.kind,
         "vocab_size": tokenizer.vocab_size,
         "dtype": np.dtype(tokens.dtype).name,
         "n_tokens": int(len(tokens)),

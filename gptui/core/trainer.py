@@ -1,7 +1,9 @@
 """The training loop, run headless by the CLI or in a worker thread by the TUI.
 
 Progress leaves through a single callback receiving `events` objects. A stop request (`TrainJob.stop()`,
-thread-safe) is honoured within one optimizer step: the checkpoint is saved and the run marked `stopped`.
+thread-safe) is honoured within one optimizer step: the model is evaluated once more (unless it just was), its
+weights kept when they are the best so far, the checkpoint saved and the run marked `stopped`. A new run may start
+from another run's best weights and tokenizer (`init_from`, fine-tuning; see gptui.core.finetune).
 
 The same loop runs on every process of a torchrun job: it talks to the other ranks only through its `Dist`
 (gptui.core.distributed), and a rank other than the main one holds a `NullRun`, so it writes nothing.
@@ -33,10 +35,11 @@ from gptui.core.config import (
     config_to_dict,
     estimate_params,
 )
-from gptui.core.data import BatchSampler, Dataset, TokenizerSpec, prepare
+from gptui.core.data import BatchSampler, Dataset, TokenizerSpec, prepare, prepare_with_tokenizer
 from gptui.core.device import autocast, memory_reading, pick_device, pick_dtype, setup_backend
 from gptui.core.distributed import Dist, PeerLost
-from gptui.core.errors import GptuiError, InputError
+from gptui.core.errors import DamagedRun, GptuiError, InputError
+from gptui.core.finetune import FineTuneSource, fine_tune_source, refuse_shape_changes
 from gptui.core.generate import TrainingSampler
 from gptui.core.model import GPT, ModelConfig
 from gptui.core.runs import CHECKPOINT, TOKENIZER, WEIGHTS, NullRun, Run, RunStore, pid_alive
@@ -69,7 +72,12 @@ def lr_at(step: int, config: Config) -> float:
 
 
 class TrainJob:
-    """One training run (new or resumed). Construct, then call `run()` (blocking); `stop()` from any thread."""
+    """One training run (new, resumed, or new from another run's weights). Construct, then call `run()`
+    (blocking); `stop()` from any thread.
+
+    `init_from` (a run id or unique prefix) fine-tunes that run on `corpus`: the new run starts from its best
+    weights and encodes the corpus with its tokenizer. `config` then must keep the run's model shape; without a
+    `config` the run's own settings are used, with `overrides` applied (a shape change is refused by name)."""
 
     def __init__(
         self,
@@ -79,6 +87,7 @@ class TrainJob:
         *,
         name: str | None = None,
         resume: str | None = None,
+        init_from: str | None = None,
         overrides: dict | None = None,
         on_event: Listener | None = None,
         replace_errors: bool = False,
@@ -90,6 +99,7 @@ class TrainJob:
         self.config = config
         self.name = name
         self.resume = resume
+        self.init_from = init_from
         self.overrides = overrides or {}
         self.on_event = on_event or (lambda e: None)
         self.replace_errors = replace_errors
@@ -99,6 +109,10 @@ class TrainJob:
         self.stop_reason = "stopped by user"
         self.run_dir: Run | None = None
         self._owns_state = False
+        self._tokenizer_json: str | None = None  # the given tokenizer a fine-tune (or its resume) encodes with
+        self._tokenizer_source = ""  # whose it is, in words
+        self._source: FineTuneSource | None = None
+        self._init_state: dict | None = None  # the source run's weights, checked before the new run is created
 
     def stop(self, reason: str = "stopped by user") -> None:
         self.stop_reason = reason
@@ -136,7 +150,8 @@ class TrainJob:
             run, config, dataset, checkpoint = local
             return {"run_id": run.id, "settings": config_to_dict(config), "corpus": self._corpus_name,
                     "corpus_sha256": dataset.corpus_sha256, "tokens": len(dataset.tokens),
-                    "resume": checkpoint is not None}
+                    "resume": checkpoint is not None, "tokenizer_json": self._tokenizer_json,
+                    "tokenizer_source": self._tokenizer_source}
 
         shared = self.dist.from_main(main_setup)
         if self.dist.is_main:
@@ -148,6 +163,9 @@ class TrainJob:
         self.workspace.ensure()
         config = config_from_dict(shared["settings"])
         self.run_dir = NullRun(self.workspace.models / shared["run_id"])
+        # a fine-tune's tokenizer travels from rank 0, so no other machine needs the source run's folder; its
+        # weights reach every rank when DistributedDataParallel broadcasts rank 0's parameters
+        self._tokenizer_json, self._tokenizer_source = shared["tokenizer_json"], shared["tokenizer_source"]
         dataset = self._prepare(self.workspace.corpus_path(shared["corpus"]), config)
         if dataset.corpus_sha256 != shared["corpus_sha256"] or len(dataset.tokens) != shared["tokens"]:
             raise InputError(f"rank {rank} sees a different corpus or tokenizer than rank 0 "
@@ -166,6 +184,8 @@ class TrainJob:
         ws = self.workspace.ensure()
         store = RunStore(ws)
         checkpoint = None
+        if self.resume and self.init_from:
+            raise InputError("a run is either resumed or fine-tuned from another, not both")
         if self.resume:
             run = store.resolve(self.resume)
             state = run.read_state()
@@ -187,6 +207,12 @@ class TrainJob:
             checkpoint = self._load_checkpoint(run)
             self.run_dir = run
             self.log(f"resuming run {run.id} at step {checkpoint['step']}")
+            if saved.get("init_from"):  # a fine-tune encodes with its source's tokenizer, kept in its own folder
+                try:
+                    self._tokenizer_json = run.file(TOKENIZER).read_text(encoding="utf-8")
+                except OSError as exc:
+                    raise InputError(f"run {run.id}: tokenizer.json cannot be read ({exc.strerror or exc})") from None
+                self._tokenizer_source = f"run {run.id}'s"
             dataset = self._prepare(corpus, config)
             if dataset.corpus_sha256 != saved.get("corpus_sha256"):
                 raise InputError(
@@ -196,13 +222,24 @@ class TrainJob:
                 raise InputError(f"the tokenizer cached for {corpus.name} differs from run {run.id}'s own")
             return run, config, dataset, checkpoint
 
-        if self.config is None:
+        source = None
+        if self.init_from:
+            source = fine_tune_source(store.resolve(self.init_from))
+            config = self.config if self.config is not None else apply_overrides(source.config, self.overrides)
+            refuse_shape_changes(config, source)
+            self._source = source
+            self._tokenizer_json, self._tokenizer_source = source.tokenizer_json, f"run {source.run.id}'s"
+        elif self.config is None:
             raise InputError("no configuration given")
-        config = check(self.config)
+        else:
+            config = self.config
+        config = check(config)
         corpus = self.workspace.corpus_path(self.corpus or "")
         self._corpus_name = corpus.name
         dataset = self._prepare(corpus, config)
         dataset.check_block_size(config.block_size)
+        if source is not None:
+            self._init_state = _load_source_weights(source, config, dataset.tokenizer.vocab_size)
         params = estimate_params(config, dataset.tokenizer.vocab_size)
         run = store.create(corpus.stem, params, self.name)
         self.run_dir = run
@@ -218,15 +255,24 @@ class TrainJob:
                 "gptui_version": gptui.__version__,
                 "torch_version": torch.__version__,
                 "created": datetime.now().isoformat(timespec="seconds"),
-            }
+            } | ({"init_from": source.run.id} if source is not None else {})
         )
-        dataset.tokenizer.save(run.file(TOKENIZER))
+        if source is not None:  # the source's own file, byte for byte: a resume finds the same cache entry
+            run.write_file(TOKENIZER, lambda p: p.write_text(source.tokenizer_json, encoding="utf-8"))
+        else:
+            dataset.tokenizer.save(run.file(TOKENIZER))
         run.write_state(status="running", step=0, best_val_loss=None, best_val_bpb=None, duration=0.0,
                         pid=os.getpid(), host=socket.gethostname(), heartbeat=time.time())
         return run, config, dataset, None
 
     def _prepare(self, corpus: Path, config: Config) -> Dataset:
         self.emit(ev.Prepare("preparing data", None))
+        if self._tokenizer_json is not None:
+            return prepare_with_tokenizer(
+                corpus, self._tokenizer_json, self.workspace.cache,
+                progress=lambda stage, frac: self.emit(ev.Prepare(stage, frac)),
+                replace_errors=self.replace_errors, source=self._tokenizer_source,
+            )
         dataset = prepare(
             corpus, TokenizerSpec.from_config(config), self.workspace.cache,
             progress=lambda stage, frac: self.emit(ev.Prepare(stage, frac)),
@@ -237,6 +283,8 @@ class TrainJob:
     def _log_prepare(self, d: Dataset) -> None:
         if d.cached:
             self.log(f"tokenizer and tokens: served from cache in {d.seconds.get('cache_hit', 0):.2f}s")
+        elif self._tokenizer_json is not None:
+            self.log(f"tokenizer: {self._tokenizer_source} (not trained), encoded in {d.seconds['encode']:.2f}s")
         else:
             self.log(
                 f"tokenizer: trained in {d.seconds['train_tokenizer']:.2f}s, "
@@ -345,6 +393,9 @@ class TrainJob:
             run.truncate_metrics(step)
             run.write_state(status="running", pid=os.getpid(), host=socket.gethostname(), heartbeat=time.time(),
                             error=None)
+        elif self._init_state is not None:  # a fine-tune: the source's weights, a fresh optimizer at step 0
+            model.load_state_dict(self._init_state)
+            self._init_state = None
         ddp = dist.wrap(model)  # DistributedDataParallel on a process group; the model itself on one process
         forward = ddp
         if config.compile:
@@ -390,7 +441,7 @@ class TrainJob:
             }
             if dist.world_size > 1:
                 state["rank_rng"] = rank_rng
-            # model.safetensors holds evaluated weights only: before the first evaluation there are none
+            # model.safetensors holds evaluated weights only (written by evaluate(); a stop evaluates first)
             run.write_file(CHECKPOINT, lambda p: torch.save(state, p))
             run.write_state(status=status, step=step, best_val_loss=_finite(best), best_val_bpb=best_bpb,
                             duration=round(elapsed(), 1), heartbeat=time.time())
@@ -444,7 +495,7 @@ class TrainJob:
                 run.write_state(step=step, duration=round(elapsed(), 1), heartbeat=time.time())
                 t_state = time.time()
 
-        last_eval_step = step
+        last_eval_step = step if math.isfinite(best) else -1  # a resumed run that was never evaluated: not yet
         early_stop = stop = out_of_time = False
         model.train()
         while step < config.max_iters:
@@ -509,8 +560,12 @@ class TrainJob:
         elif out_of_time and not early_stop:
             reason = f"time budget of {config.max_minutes:g} min reached"
         status = "stopped" if stopped else "completed"
-        if status == "completed" and last_eval_step != step:
-            evaluate()  # a time budget ends between evaluations: measure where it got to
+        if step > 0 and last_eval_step != step:
+            # a stop or the time budget ends between evaluations: measure where it got to, so what it learned
+            # since the last one is kept when it is the best (a run stopped before its first evaluation still
+            # leaves weights to talk to). Every rank takes part; the steps are on disk before it runs.
+            save("running")
+            evaluate()
         save(status)
         total = elapsed()
         trained = step - (checkpoint["step"] if checkpoint else 0)
@@ -533,6 +588,9 @@ class TrainJob:
             self.log(f"gptui {gptui.__version__}, torch {torch.__version__}; run {run.id}")
             self.log(f"device {device}, precision {dtype}, {params:,} parameters, "
                      f"{torch.get_num_threads()} CPU threads")
+            if self._source is not None:
+                self.log(f"fine-tuning: starts from {self._source.describe()} with its tokenizer; "
+                         "the optimizer and the schedule start afresh at step 0")
         if self.dist.distributed:
             w = self.dist.world_size
             tokens = config.batch_size * config.block_size * config.grad_accum * w
@@ -570,6 +628,20 @@ def estimate_loss(model: GPT, data: Dataset, config: Config, ctx, device: str, s
         out[split] = dist.sum(float(total)) / config.eval_iters
     model.train()
     return out
+
+
+def _load_source_weights(source: FineTuneSource, config: Config, vocab_size: int) -> dict:
+    """The best weights of the run a fine-tune starts from, loaded into a model of the new run's shape on the CPU
+    (so a file that does not fit is refused before the new run exists)."""
+    from safetensors.torch import load_model
+
+    model = GPT(ModelConfig.from_config(config, vocab_size))
+    try:
+        load_model(model, str(source.weights))
+    except Exception as exc:  # safetensors' own errors, a shape or a name that does not fit
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise DamagedRun(f"run {source.run.id}'s weights cannot be loaded: {first}") from None
+    return model.state_dict()
 
 
 def save_weights(run: Run, model: GPT) -> None:

@@ -38,8 +38,8 @@ def test_the_ui_never_imports_torch_itself(path):
     assert not bad, f"{path.name} imports {bad}"
 
 
-TORCH_FREE_ENGINE = ["config", "data", "errors", "events", "fsio", "runs", "sampling", "tokenizer", "workspace",
-                     "follow", "launch"]
+TORCH_FREE_ENGINE = ["config", "data", "errors", "events", "finetune", "fsio", "runs", "sampling", "tokenizer",
+                     "workspace", "follow", "launch"]
 
 
 @pytest.mark.parametrize("name", TORCH_FREE_ENGINE)

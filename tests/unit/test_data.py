@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -12,10 +14,12 @@ from gptui.core.data import (
     cache_dir,
     cache_status,
     prepare,
+    prepare_with_tokenizer,
     sha256_file,
     token_dtype,
+    tokenizer_key,
 )
-from gptui.core.errors import CorpusError
+from gptui.core.errors import CorpusError, InputError
 from gptui.core.workspace import read_text
 
 CHAR = TokenizerSpec("char", 0, "")
@@ -97,6 +101,29 @@ def test_tokenizer_settings_get_their_own_cache_entry(workspace, corpus):
     assert results[1].tokenizer.vocab_size == 300 and results[3].tokenizer.vocab_size == 320
     assert len(results[3].tokens) < len(results[1].tokens) < len(results[0].tokens)
     assert all(prepare(corpus, s, workspace.cache).cached for s in specs)
+
+
+def test_a_given_tokenizer_gets_a_cache_entry_of_its_own(workspace, corpus):
+    trained = prepare(corpus, CHAR, workspace.cache)
+    text = trained.tokenizer.to_json()
+    first = prepare_with_tokenizer(corpus, text, workspace.cache)
+    again = prepare_with_tokenizer(corpus, text, workspace.cache)
+    assert (first.cached, again.cached) == (False, True)
+    assert np.array_equal(np.asarray(first.tokens), np.asarray(trained.tokens))
+    assert again.tokenizer.token_bytes == trained.tokenizer.token_bytes
+    folder = cache_dir(workspace.cache, trained.corpus_sha256, tokenizer_key(text))
+    assert (folder / "meta.json").is_file() and folder != cache_dir(workspace.cache, trained.corpus_sha256, CHAR)
+    # another tokenizer (here the same characters in another order) is another entry, never the first one's
+    data = json.loads(text)
+    reordered = json.dumps({**data, "chars": data["chars"][::-1]})
+    shuffled = prepare_with_tokenizer(corpus, reordered, workspace.cache)
+    assert shuffled.cached is False
+    assert not np.array_equal(np.asarray(shuffled.tokens), np.asarray(trained.tokens))
+
+
+def test_a_given_tokenizer_that_cannot_be_read_is_refused(workspace, corpus):
+    with pytest.raises(InputError, match="tokenizer.json cannot be read"):
+        prepare_with_tokenizer(corpus, '{"type": "gptui-char", "chars": 5}', workspace.cache, source="run x's")
 
 
 def test_tokenizer_spec_from_config(tiny_config):

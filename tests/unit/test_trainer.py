@@ -318,6 +318,95 @@ def test_stop_before_first_eval_still_saves(workspace, corpus, tiny_config):
     assert resumed.status == "completed" and resumed.step == 20
 
 
+def _stop_at_step(workspace, config, at: int, monkeypatch, **kw):
+    """Train until the step event of `at` (every step reported), then ask the job to stop."""
+    from gptui.core import trainer
+
+    monkeypatch.setattr(trainer, "REPORT_SECONDS", 0.0)
+    events: list = []
+    job = None
+
+    def on_event(e):
+        events.append(e)
+        if isinstance(e, ev.Step) and e.step >= at:
+            job.stop("test stop")
+
+    job = TrainJob(workspace, "tiny", config, on_event=on_event, **kw)
+    return job.run(), events
+
+
+def test_a_stop_before_the_first_evaluation_keeps_what_the_run_learned(workspace, corpus, tiny_config, monkeypatch):
+    from gptui.core.generate import generate_text, load_model
+    from gptui.core.sampling import SamplingSettings
+
+    finished, events = _stop_at_step(workspace, tiny_config, 3, monkeypatch)  # its first evaluation is at 10
+    assert finished.status == "stopped" and finished.step == 3
+    assert [e.step for e in only(events, ev.Eval)] == [3]
+    assert finished.best_val_loss == pytest.approx(only(events, ev.Eval)[0].val_loss, abs=1e-5)
+    store = RunStore(workspace)
+    run = store.resolve(finished.run_id)
+    assert run.file("model.safetensors").is_file()
+    state = run.read_state()
+    assert state["status"] == "stopped" and state["step"] == 3 and state["best_val_loss"] == finished.best_val_loss
+    assert [m["step"] for m in run.metrics() if m["type"] == "eval"] == [3]
+    assert store.info(run).damaged is None and store.newest().id == run.id, "the run can be talked to"
+
+    loaded = load_model(run, "cpu")
+    text = generate_text(loaded, "\n", SamplingSettings(max_new_tokens=20, seed=1))
+    assert isinstance(text, str) and text
+    ckpt = torch.load(run.file("checkpoint.pt"), map_location="cpu", weights_only=True)
+    assert ckpt["step"] == 3 and ckpt["best_val_loss"] == pytest.approx(finished.best_val_loss, abs=1e-5)
+
+
+def test_a_stop_whose_evaluation_is_worse_keeps_the_earlier_best_weights(workspace, corpus, tiny_config,
+                                                                          monkeypatch):
+    from gptui.core import trainer
+
+    real = trainer.estimate_loss
+    calls = []
+
+    def worse_the_second_time(*args, **kw):
+        losses = real(*args, **kw)
+        calls.append(losses)
+        return {**losses, "val": losses["val"] + (10.0 if len(calls) == 2 else 0.0)}
+
+    monkeypatch.setattr(trainer, "estimate_loss", worse_the_second_time)
+    monkeypatch.setattr(trainer, "REPORT_SECONDS", 0.0)
+    saved_at_10: list[bytes] = []
+    job = None
+
+    def on_event(e):
+        if isinstance(e, ev.Eval) and e.step == 10:
+            (run_dir,) = workspace.models.iterdir()
+            saved_at_10.append((run_dir / "model.safetensors").read_bytes())
+        if isinstance(e, ev.Step) and e.step >= 12:
+            job.stop()
+
+    job = TrainJob(workspace, "tiny", dataclasses.replace(tiny_config, sample_interval=0), on_event=on_event)
+    finished = job.run()
+    assert finished.status == "stopped" and finished.step == 12
+    run = RunStore(workspace).resolve(finished.run_id)
+    evals = [m for m in run.metrics() if m["type"] == "eval"]
+    assert [(m["step"], m["best"]) for m in evals] == [(10, True), (12, False)]
+    assert run.file("model.safetensors").read_bytes() == saved_at_10[0]
+    assert finished.best_val_loss == pytest.approx(evals[0]["val_loss"], abs=1e-5)
+    assert torch.load(run.file("checkpoint.pt"), map_location="cpu", weights_only=True)["step"] == 12
+
+
+def test_a_stop_right_after_an_evaluation_does_not_evaluate_again(workspace, corpus, tiny_config):
+    _, stopped, events = train(workspace, tiny_config, stop_at_eval=10)
+    assert stopped.step == 10 and [e.step for e in only(events, ev.Eval)] == [10]
+
+
+def test_a_resumed_then_stopped_run_evaluates_where_it_stopped(workspace, corpus, tiny_config, monkeypatch):
+    first, _ = _stop_at_step(workspace, tiny_config, 3, monkeypatch)
+    resumed, events = _stop_at_step(workspace, None, 6, monkeypatch, resume=first.run_id)
+    assert resumed.status == "stopped" and resumed.step == 6
+    assert [e.step for e in only(events, ev.Eval)] == [6]
+    run = RunStore(workspace).resolve(first.run_id)
+    assert [m["step"] for m in run.metrics() if m["type"] == "eval"] == [3, 6]
+
+
 def test_stop_from_a_step_event_is_honoured_within_one_step(workspace, corpus, tiny_config):
     events = []
     job = None
