@@ -205,6 +205,10 @@ BAD_INPUT = {
     "train without input": (["train"], ["--input"]),
     "missing prompt file": (["generate", "--prompt-file", "nosuch.txt"], ["nosuch.txt"]),
     "bad vocab size": (["prepare", "--input", "tiny", "--vocab-size", "100"], ["vocab-size"]),
+    "unknown fine-tune run": (["train", "--input", "tiny", "--init-from", "nosuch"], ["nosuch"]),
+    "fine-tune without a corpus": (["train", "--init-from", "nosuch"], ["--init-from needs --input"]),
+    "fine-tune and resume": (["train", "--input", "tiny", "--init-from", "a", "--resume", "a"],
+                             ["--init-from cannot be combined with --resume"]),
 }
 
 
@@ -235,6 +239,59 @@ def test_home_that_is_a_file(tmp_path):
     f = tmp_path / "file"
     f.write_text("x", encoding="utf-8")
     assert_one_line_error(gptui(f, "runs"), 2, "not a folder")
+
+
+# --- fine-tuning (train --init-from) ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tune_home(tmp_path, home, trained) -> Path:
+    """A workspace holding a copy of the trained run and two more corpora: `other` (the tiny corpus's lines in
+    reverse, the same characters) and `accents` (characters the run's char tokenizer never saw)."""
+    import shutil
+
+    run_id = trained[1]["run"]
+    shutil.copytree(home / "models" / run_id, tmp_path / "models" / run_id)
+    (tmp_path / "inputs").mkdir()
+    text = (home / "inputs" / "tiny.txt").read_text(encoding="utf-8")
+    (tmp_path / "inputs" / "other.txt").write_text("\n".join(reversed(text.splitlines())) + "\n", encoding="utf-8")
+    (tmp_path / "inputs" / "accents.txt").write_text(text + "café über straße\n", encoding="utf-8")
+    return tmp_path
+
+
+def test_fine_tune_from_the_command_line(tune_home, trained):
+    run_id = trained[1]["run"]
+    result = gptui(tune_home, "train", "--init-from", run_id[:15], "--input", "other", "--name", "tuned",
+                   "--set", "max_iters=4", "--set", "eval_interval=2", "--set", "warmup_iters=1")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "completed" and summary["steps"] == 4 and "tuned" in summary["run"]
+    assert f"fine-tuning: starts from run {run_id}'s best weights" in result.stderr
+    config = json.loads((tune_home / "models" / summary["run"] / "config.json").read_text(encoding="utf-8"))
+    source = json.loads((tune_home / "models" / run_id / "config.json").read_text(encoding="utf-8"))
+    assert config["init_from"] == run_id and config["corpus"] == "other"
+    assert config["settings"] == {**source["settings"], "max_iters": 4, "eval_interval": 2, "warmup_iters": 1}
+
+    # --preset gives the other settings; the shape stays the run's
+    preset = gptui(tune_home, "train", "--init-from", run_id, "--input", "other", "--preset", "lecture",
+                   "--set", "max_iters=2", "--set", "eval_interval=2", "--set", "eval_iters=2",
+                   "--set", "batch_size=4", "--set", "device=cpu", "--set", "dtype=float32")
+    assert preset.returncode == 0, preset.stderr
+    settings = json.loads((tune_home / "models" / json.loads(preset.stdout)["run"] / "config.json")
+                          .read_text(encoding="utf-8"))["settings"]
+    assert settings["n_layer"] == source["settings"]["n_layer"] and settings["lr"] == 3e-4
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--input", "other", "--set", "n_layer=2"], ["cannot change n_layer when fine-tuning run"]),
+    (["--input", "other", "--set", "tokenizer=bpe", "--set", "block_size=64"],
+     ["cannot change block_size, tokenizer", "block_size=32"]),
+    (["--input", "accents"], ["char tokenizer cannot encode accents.txt", "4 characters", "'b'", "'é'", "'ß'", "'ü'"]),
+    (["--input", "nosuch"], ["nosuch"]),
+])
+def test_fine_tune_bad_input_exits_2_before_a_run_exists(tune_home, trained, args, fragments):
+    assert_one_line_error(gptui(tune_home, "train", "--init-from", trained[1]["run"], *args), 2, *fragments)
+    assert [p.name for p in (tune_home / "models").iterdir()] == [trained[1]["run"]]
 
 
 # --- failures: exit 1 ------------------------------------------------------------------------------------------
@@ -303,6 +360,46 @@ def test_sigint_stops_and_resume_completes(tmp_path, make_corpus_text, tiny_over
                (tmp_path / "models" / summary["run"] / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     train_steps = [m["step"] for m in metrics if m["type"] == "train"]
     assert train_steps == sorted(set(train_steps)) and train_steps[-1] == target
+
+
+@pytest.mark.slow
+def test_sigint_before_the_first_evaluation_leaves_weights_to_talk_to(tmp_path, make_corpus_text, tiny_overrides):
+    """ctrl-c before the first evaluation: one more evaluation, the weights saved, and `generate` works."""
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "inputs" / "tiny.txt").write_text(make_corpus_text(), encoding="utf-8")
+    overrides = tiny_overrides | {"max_iters": 1_000_000, "eval_interval": 100_000, "sample_interval": 0}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptui", "--home", str(tmp_path), "train", "--input", "tiny", *sets(overrides)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path,
+    )
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith("step ") and "loss" in line:  # the first progress line: steps have been taken
+                break
+        else:
+            pytest.fail(f"training ended before taking a step: {''.join(seen)}")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = "".join(seen) + err
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "stopping: evaluating and saving" in err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["status"] == "stopped" and 0 < summary["steps"] < 100_000
+    assert summary["best_val_loss"] is not None
+    run = tmp_path / "models" / summary["run"]
+    assert (run / "model.safetensors").is_file()
+    evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+             if '"eval"' in x]
+    assert [e["step"] for e in evals] == [summary["steps"]]
+    talk = gptui(tmp_path, "generate", "--prompt", "First", "--max-new-tokens", "10", "--seed", "1")
+    assert talk.returncode == 0, talk.stderr
+    assert talk.stdout.startswith("First") and len(talk.stdout.rstrip("\n")) == len("First") + 10
 
 
 @pytest.mark.slow

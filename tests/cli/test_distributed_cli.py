@@ -124,7 +124,7 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_resume_continues_exactly(home, 
     assert state["status"] == "stopped" and state["step"] == stopped["steps"]
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == stopped["steps"]
     assert not list(run.glob(".*.tmp"))
-    assert err.count("stopping: saving a checkpoint") == 1, "only rank 0 speaks"
+    assert err.count("stopping: evaluating and saving") == 1, "only rank 0 speaks"
 
     resumed = summary_of(gptui(home, "train", "--resume", stopped["run"], "--nproc-per-node", "2"))
     assert resumed["run"] == stopped["run"] and resumed["status"] == "completed" and resumed["steps"] == 500
@@ -132,6 +132,65 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_resume_continues_exactly(home, 
     assert_same_weights(weights(home, resumed["run"]), weights(home, whole["run"]), 1e-5)
     log = (run / "train.log").read_text(encoding="utf-8")
     assert "data order changed" not in log
+
+
+def test_ctrl_c_before_the_first_evaluation_evaluates_on_every_rank_and_keeps_the_weights(home, tiny_overrides):
+    overrides = tiny_overrides | BASE | {"max_iters": 1_000_000, "eval_interval": 100_000}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptui", "--home", str(home), "train", "--input", "tiny", *sets(overrides),
+         "--nproc-per-node", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=home,
+    )
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith("step ") and "loss" in line:  # the first progress line: steps have been taken
+                break
+        else:
+            pytest.fail(f"training ended before taking a step: {''.join(seen)}")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = "".join(seen) + err
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "error" not in err, err
+    assert err.count("stopping: evaluating and saving") == 1
+    stopped = json.loads(out.strip().splitlines()[-1])
+    assert stopped["status"] == "stopped" and 0 < stopped["steps"] < 100_000
+    assert [e["step"] for e in evals(home, stopped["run"])] == [stopped["steps"]]
+    assert (home / "models" / stopped["run"] / "model.safetensors").is_file()
+    talk = gptui(home, "generate", "--run", stopped["run"], "--prompt", "First", "--max-new-tokens", "5")
+    assert talk.returncode == 0 and talk.stdout.startswith("First"), talk.stderr
+
+
+def test_a_fine_tune_on_two_ranks_equals_one_rank_with_grad_accum_two(home, tiny_overrides):
+    """Rank 0 prepares the new corpus with the source's tokenizer and loads its weights; rank 1 gets both."""
+    source = summary_of(gptui(home, "train", "--input", "tiny", "--name", "source",
+                              *sets(tiny_overrides | BASE | {"max_iters": 10})))
+    text = (home / "inputs" / "tiny.txt").read_text(encoding="utf-8")
+    (home / "inputs" / "other.txt").write_text("\n".join(reversed(text.splitlines())) + "\n", encoding="utf-8")
+    tune = {"max_iters": 10, "eval_interval": 5, "warmup_iters": 1}
+    two = summary_of(gptui(home, "train", "--init-from", source["run"], "--input", "other", "--name", "two",
+                           *sets(tune), "--nproc-per-node", "2"))
+    one = summary_of(gptui(home, "train", "--init-from", source["run"], "--input", "other", "--name", "one",
+                           *sets(tune | {"grad_accum": 2})))
+    a, b = evals(home, two["run"]), evals(home, one["run"])
+    assert [e["step"] for e in a] == [e["step"] for e in b] == [5, 10]
+    for x, y in zip(a, b, strict=True):
+        assert x["val_loss"] == pytest.approx(y["val_loss"], abs=1e-5)
+    assert_same_weights(weights(home, two["run"]), weights(home, one["run"]), 1e-5)
+    config = json.loads((home / "models" / two["run"] / "config.json").read_text(encoding="utf-8"))
+    assert config["init_from"] == source["run"] and config["world_size"] == 2
+
+    # a text the source's char tokenizer cannot encode: rank 0 refuses it, one line for the whole job
+    (home / "inputs" / "accents.txt").write_text(text + "café\n", encoding="utf-8")
+    refused = gptui(home, "train", "--init-from", source["run"], "--input", "accents", "--nproc-per-node", "2")
+    assert_one_line_error(refused, 2, "char tokenizer cannot encode accents.txt", "'é'")
+    assert len(list((home / "models").iterdir())) == 3
 
 
 def test_resume_with_another_world_size_continues_and_says_the_order_changed(home, tiny_overrides):
