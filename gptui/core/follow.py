@@ -123,7 +123,7 @@ class TrainProcess:
     rank 0 saves the checkpoint."""
 
     def __init__(self, workspace: Workspace, *, corpus: str | None, config: Config | None, resume: str | None,
-                 processes: int):
+                 processes: int, init_from: str | None = None):
         self.workspace = workspace
         self.folder = Path(tempfile.mkdtemp(prefix="gptui-launch-"))
         self.launch = LaunchDir(self.folder)
@@ -138,6 +138,8 @@ class TrainProcess:
                 self._log_offset = RunStore(workspace).resolve(resume).file(LOG).stat().st_size
         else:
             argv += ["--input", corpus or ""]
+            if init_from:  # a fine-tune: the settings below keep the run's shape, so none is refused
+                argv += ["--init-from", init_from]
             settings = config_to_dict(config) if config is not None else {}
             for key, value in settings.items():
                 argv += ["--set", f"{key}={value}"]

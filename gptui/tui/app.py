@@ -175,6 +175,18 @@ class GptuiApp(App[None]):
         self.train_tab.set_resume(message.run_id)
         self.train_tab.action_resume()
 
+    def on_runs_tab_fine_tune_in_train(self, message: RunsTab.FineTuneInTrain) -> None:
+        """The picked corpus selected, the run's settings in the form (the shape it keeps, the training settings
+        it had, to change before Start), and the Train tab ready to fine-tune it."""
+        self.corpus_tab.reload(select=message.corpus)
+        self.corpus = message.corpus
+        self.model_tab.set_values(message.settings)
+        self.action_show_tab("train")
+        self.train_tab.set_fine_tune(message.run_id, message.settings)
+        self._hand_down()
+        self.notify(f"Start fine-tunes {message.run_id} on {message.corpus}; change its training settings on the "
+                    "Model tab first if you like.", title="Fine-tune", timeout=6)
+
     # --- actions for keys and the command palette --------------------------------------------------------
 
     def action_start_training(self) -> None:
@@ -191,18 +203,26 @@ class GptuiApp(App[None]):
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         yield SystemCommand("Start training", "Train a new model on the selected corpus", self.action_start_training)
-        yield SystemCommand("Stop training", "Stop the run after this step; its checkpoint is saved",
+        yield SystemCommand("Stop training", "Stop the run after this step; it is evaluated and saved",
                             self.action_stop_training)
         yield SystemCommand("Resume training", "Continue the last stopped run", self.action_resume_training)
         yield SystemCommand("Prepare corpus", "Train the tokenizer and encode the selected corpus",
                             self._prepare_corpus)
         yield SystemCommand("Open a run", "Browse runs: settings, curves and log", lambda: self.action_show_tab("runs"))
+        yield SystemCommand("Fine-tune a run", "Train the selected run further on a corpus you pick",
+                            lambda: self._runs_action("fine_tune"))
+        yield SystemCommand("Export a run", "Write the selected run as a Hugging Face transformers folder",
+                            lambda: self._runs_action("export"))
         yield SystemCommand("Generate", "Talk to the newest (or chosen) model", lambda: self.action_show_tab("generate"))
         yield SystemCommand("Save transcript", "Save the Generate transcript in the run's generations/",
                             lambda: self.generate_tab.action_save())
         for name in TABS:
             yield SystemCommand(f"Go to {name.title()}", f"Show the {name.title()} tab",
                                 lambda name=name: self.action_show_tab(name))
+
+    def _runs_action(self, name: str) -> None:
+        self.action_show_tab("runs")
+        getattr(self.runs_tab, f"action_{name}")()
 
     def _prepare_corpus(self) -> None:
         self.action_show_tab("corpus")
@@ -215,7 +235,7 @@ class GptuiApp(App[None]):
         if train is not None and train.running:
             where = " on several processes" if train.processes_running else ""
             self.push_screen(
-                ConfirmModal(f"A run is training{where}. Stop it (its checkpoint is saved) and quit?",
+                ConfirmModal(f"A run is training{where}. Stop it (what it learned is saved) and quit?",
                              yes="Stop and quit"),
                 self._quit_answer,
             )
@@ -232,7 +252,7 @@ class GptuiApp(App[None]):
             self.run_worker(self._stop_and_exit(), group="quit", exclusive=True)
 
     async def _stop_and_exit(self) -> None:
-        self.notify("Stopping the run and saving its checkpoint…", timeout=60)
+        self.notify("Stopping the run: a last evaluation, then its weights and checkpoint are saved…", timeout=60)
         self.train_tab.stop("stopped: gptui was closed")
         await self.train_tab.wait()
         self.exit()

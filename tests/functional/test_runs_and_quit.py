@@ -11,6 +11,7 @@ from textual.widgets import DataTable, Input, TabbedContent
 from gptui.core.runs import RunStore
 from gptui.core.workspace import Workspace
 from gptui.tui.app import make_app
+from gptui.tui.tabs.runs import COLUMNS
 from gptui.tui.widgets.loss_plot import LossPlot
 from gptui.tui.widgets.modals import ConfirmModal, TextPromptModal
 from tests.functional.conftest import FAKE_RUN, TINY, started, wait_for, write_fake_run
@@ -190,3 +191,76 @@ def torch_load_step(path: Path) -> int:
     import torch
 
     return torch.load(path, weights_only=True)["step"]
+
+
+def test_stop_before_the_first_evaluation_keeps_weights_the_generate_tab_offers(home: Path) -> None:
+    async def go() -> str:
+        app = make_app(home, poll=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await started(pilot)
+            app.model_tab.set_values({**TINY, "max_iters": 100_000, "eval_interval": 50_000, "sample_interval": 0})
+            await pilot.press("ctrl+t")
+            tab = app.train_tab
+            await wait_for(pilot, lambda: tab.run_id is not None and tab.stats.get("loss", "—") != "—",
+                           "training to take steps")
+            await pilot.press("ctrl+s")
+            await wait_for(pilot, lambda: not tab.running, "the trainer to stop", tries=900)
+            assert tab.stats["status"].startswith("stopped")
+            assert tab.stats.get("val", "—") != "—", "the stop evaluated the model"
+            await wait_for(pilot, lambda: tab.run_id in app.generate_tab.runs, "the Generate tab to offer the run")
+            await pilot.press("f4")
+            await pilot.pause()
+            assert app.generate_tab.run_id == tab.run_id
+            return tab.run_id
+
+    run_id = asyncio.run(go())
+    run = RunStore(Workspace(home)).resolve(run_id)
+    state = run.read_state()
+    assert state["status"] == "stopped" and 0 < state["step"] < 50_000 and state["best_val_loss"] is not None
+    assert run.file("model.safetensors").is_file()
+
+
+def test_the_runs_table_shows_status_and_date_at_80_columns(home: Path) -> None:
+    """A dozen runs with long ids (a vertical scrollbar shows) still fit 80 columns without a sideways scroll;
+    the shorter id leaves out the date-time stamp the date column shows, and the detail names the whole id."""
+    long_id = "20240105-000000-tinyshakespeare-10.8M-2"
+    write_fake_run(home, long_id, steps=5000, created="2024-01-05T00:00:00")
+    interrupted = write_fake_run(home, "20240104-000000-interrupted-run", created="2024-01-04T00:00:00")
+    state = json.loads((interrupted / "state.json").read_text())
+    (interrupted / "state.json").write_text(json.dumps({**state, "status": "running", "pid": None}))
+    for day in range(10, 22):
+        write_fake_run(home, f"202402{day}-101010-some-corpus-name-{day}.0M", created=f"2024-02-{day}T10:10:10")
+
+    async def go() -> None:
+        app = make_app(home, poll=False)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await started(pilot)
+            await pilot.press("f5")
+            table = app.query_one("#runs-table", DataTable)
+            await wait_for(pilot, lambda: table.row_count == 14, "every run listed")
+            await pilot.pause()
+            keys = [c.key.value for c in table.ordered_columns]
+            assert "status" in keys and "created" in keys
+            assert table.show_vertical_scrollbar, "enough runs for a vertical scrollbar"
+            visible = table.scrollable_content_region.width
+            widths = [c.get_render_width(table) for c in table.ordered_columns]
+            assert sum(widths[: keys.index("created") + 1]) <= visible, (widths, visible)
+            assert table.max_scroll_x == 0 and not table.show_horizontal_scrollbar
+            assert table.get_cell("20240104-000000-interrupted-run", "status").plain.strip() == "interrupted"
+            assert table.get_cell(long_id, "created").strip() == "01-05 00:00"
+            shown = table.get_cell(long_id, "id").plain.strip()
+            assert shown.startswith("tinyshakespeare") and not shown.startswith("2024")
+
+            table.move_cursor(row=table.get_row_index(long_id))
+            await pilot.pause()
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            assert long_id in str(app.query_one("#runs-settings").content), "the detail names the whole id"
+
+            # wider again: the whole table, ids with their stamp
+            await pilot.resize_terminal(120, 40)
+            await pilot.pause()
+            assert [c.key.value for c in table.ordered_columns] == [k for k, _ in COLUMNS]
+            assert table.get_cell(long_id, "id").plain.strip().startswith("20240105-000000-")
+
+    asyncio.run(go())

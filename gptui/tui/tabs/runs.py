@@ -1,9 +1,14 @@
 """The Runs tab: every run in models/ (also those a CLI in another terminal is training), its settings, curves
-and log; several runs marked to overlay their validation curves; open, resume, rename, delete."""
+and log; several runs marked to overlay their validation curves; open, resume, fine-tune, export, rename, delete.
+
+Below 100 columns the table keeps the columns that tell runs apart (a shorter id, size, steps, bits per byte,
+status, date, time) so it fits without a sideways scroll; the detail pane names the whole id and the rest."""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 from rich.text import Text
@@ -14,12 +19,15 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Button, DataTable, RichLog, Static, TabbedContent, TabPane
 
+from gptui.core.config import config_to_dict
 from gptui.core.errors import GptuiError
+from gptui.core.export import export_run, export_target_problem
+from gptui.core.finetune import fine_tune_source
 from gptui.core.runs import Run, RunInfo, RunStore
 from gptui.core.workspace import Workspace
-from gptui.tui.formatting import human_duration, human_number, loss_text
+from gptui.tui.formatting import human_bytes, human_duration, human_number, loss_text
 from gptui.tui.widgets.loss_plot import LossPlot
-from gptui.tui.widgets.modals import ConfirmModal, TextPromptModal
+from gptui.tui.widgets.modals import ConfirmModal, PathPromptModal, PickModal, TextPromptModal
 
 POLL_SECONDS = 3.0  # how often models/ is looked at again, for runs started elsewhere
 
@@ -30,6 +38,10 @@ COLUMNS: list[tuple[str, str]] = [
 ]
 ID_WIDTH = 30  # longer ids are cut in the table (the detail pane names the whole id), so 120 columns fit all
 CORPUS_WIDTH = 12
+NARROW_WIDTH = 100  # the app's -narrow breakpoint: below it the table keeps NARROW_COLUMNS
+NARROW_COLUMNS = ("id", "params", "steps", "val_bpb", "status", "created", "duration")
+NARROW_ID_WIDTH = 20  # and shows an id without its date-time stamp (the date column has it), so 80 columns fit
+_STAMP = re.compile(r"^\d{8}-\d{6}-(?=.)")
 MARK = "●"
 RESUMABLE = ("stopped", "interrupted", "failed")
 
@@ -48,6 +60,8 @@ class RunsTab(Vertical):
         Binding("space", "mark", "Mark"),
         Binding("g", "generate", "Generate"),
         Binding("r", "resume", "Resume"),
+        Binding("f", "fine_tune", "Fine-tune"),
+        Binding("e", "export", "Export"),
         Binding("n", "rename", "Rename"),
         Binding("d,delete", "delete", "Delete"),
         Binding("s", "sort", "Sort"),
@@ -62,6 +76,18 @@ class RunsTab(Vertical):
         def __init__(self, run_id: str) -> None:
             super().__init__()
             self.run_id = run_id
+
+    class FineTuneInTrain(Message):
+        """Fine-tune `run_id` on `corpus`: the Train tab gets ready to, with the run's `settings` in the form."""
+
+        def __init__(self, run_id: str, corpus: str, settings: dict[str, Any]) -> None:
+            super().__init__()
+            self.run_id, self.corpus, self.settings = run_id, corpus, settings
+
+    class _Exported(Message):
+        def __init__(self, run_id: str, path: Path | None, error: str | None = None) -> None:
+            super().__init__()
+            self.run_id, self.path, self.error = run_id, path, error
 
     class Listed(Message):
         """A fresh listing of models/ (the Generate tab uses it for its run picker)."""
@@ -86,19 +112,19 @@ class RunsTab(Vertical):
         self.sort_reverse = True
         self.poll_enabled = poll
         self._detail_key: Any = None  # what the detail pane shows, to reload it only when that changes
+        self._narrow: bool | None = None  # whether the table shows the narrow set of columns
 
     def compose(self) -> ComposeResult:
         # one space between columns instead of DataTable's two, so that every column fits in 120 cells
-        table: DataTable = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True, cell_padding=0)
-        for key, label in COLUMNS:
-            table.add_column(f"{label} ", key=key)
-        yield table
+        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True, cell_padding=0)
         with Horizontal(id="runs-actions"):
             yield Button("Generate", id="runs-generate", compact=True, variant="primary")
             yield Button("Resume", id="runs-resume", compact=True)
+            yield Button("Fine-tune", id="runs-fine-tune", compact=True)
+            yield Button("Export", id="runs-export", compact=True)
             yield Button("Rename", id="runs-rename", compact=True)
             yield Button("Delete", id="runs-delete", compact=True, variant="error")
-            yield Static("space marks runs to overlay their validation curves", id="runs-hint")
+            yield Static("space marks runs to overlay", id="runs-hint")
         with TabbedContent(id="runs-detail"):
             with TabPane("Curves", id="runs-curves"):
                 yield LossPlot("select a run", id="runs-plot")
@@ -109,9 +135,31 @@ class RunsTab(Vertical):
                 yield RichLog(id="runs-log", max_lines=2000, wrap=True)
 
     def on_mount(self) -> None:
+        self._set_columns()
         self.poll()
         if self.poll_enabled:
             self.set_interval(POLL_SECONDS, self.poll)
+
+    @property
+    def columns(self) -> list[tuple[str, str]]:
+        """The (key, label) of each column the table shows at this width."""
+        return [c for c in COLUMNS if not self._narrow or c[0] in NARROW_COLUMNS]
+
+    def _set_columns(self) -> bool:
+        """Lay the columns out for the terminal's width; True when that changed them."""
+        narrow = self.app.size.width < NARROW_WIDTH
+        if narrow == self._narrow:
+            return False
+        self._narrow = narrow
+        table = self.query_one("#runs-table", DataTable)
+        table.clear(columns=True)
+        for key, label in self.columns:
+            table.add_column(f"{label} ", key=key)
+        return True
+
+    def on_resize(self) -> None:
+        if self._set_columns():
+            self._fill_table()
 
     # --- listing ---------------------------------------------------------------------------------------------
 
@@ -137,12 +185,13 @@ class RunsTab(Vertical):
     def _fill_table(self) -> None:
         table = self.query_one("#runs-table", DataTable)
         current = self.current_id
+        self._set_columns()
         table.clear()
         for info in sorted(self.infos, key=_sort_key(self.sort_column), reverse=self.sort_reverse):
             table.add_row(*self._cells(info), key=info.id)
         if current is not None and current in table.rows:
             table.move_cursor(row=table.get_row_index(current), animate=False)
-        for key, label in COLUMNS:
+        for key, label in self.columns:
             arrow = ("▼" if self.sort_reverse else "▲") if key == self.sort_column else ""
             table.columns[key].label = Text(f"{'  ' if key == 'id' else ''}{label}{arrow} ")
 
@@ -150,13 +199,15 @@ class RunsTab(Vertical):
         status = Text(info.status + " ", style={"running": "bold green", "damaged": "red", "failed": "red",
                                                 "interrupted": "yellow"}.get(info.status, ""))
         mark = Text(f"{MARK} " if info.id in self.marked else "  ", style="bold")
-        return [
-            mark + _cut(info.id, ID_WIDTH) + " ", _cut(info.corpus, CORPUS_WIDTH) + " ",
-            (human_number(info.params) if info.params else "—") + " ", info.tokenizer + " ",
-            f"{info.world_size} ", f"{info.steps:,} ",
-            loss_text(info.best_val_loss) + " ", loss_text(info.val_bpb) + " ", status,
-            _short_date(info.created) + " ", human_duration(info.duration),
-        ]
+        shown = _cut(_STAMP.sub("", info.id), NARROW_ID_WIDTH) if self._narrow else _cut(info.id, ID_WIDTH)
+        cells = {
+            "id": mark + shown + " ", "corpus": _cut(info.corpus, CORPUS_WIDTH) + " ",
+            "params": (human_number(info.params) if info.params else "—") + " ", "tokenizer": info.tokenizer + " ",
+            "world_size": f"{info.world_size} ", "steps": f"{info.steps:,} ",
+            "best_val_loss": loss_text(info.best_val_loss) + " ", "val_bpb": loss_text(info.val_bpb) + " ",
+            "status": status, "created": _short_date(info.created) + " ", "duration": human_duration(info.duration),
+        }
+        return [cells[key] for key, _ in self.columns]
 
     @property
     def current_id(self) -> str | None:
@@ -187,8 +238,9 @@ class RunsTab(Vertical):
 
     def action_sort(self) -> None:
         """Cycle the sort through the columns (a click on a header does the same for that column)."""
-        keys = [k for k, _ in COLUMNS]
-        self.sort_column = keys[(keys.index(self.sort_column) + 1) % len(keys)]
+        keys = [k for k, _ in self.columns]
+        at = keys.index(self.sort_column) if self.sort_column in keys else -1
+        self.sort_column = keys[(at + 1) % len(keys)]
         self.sort_reverse = self.sort_column in ("created", "steps", "params", "duration", "world_size")
         self._fill_table()
         self.notify(f"sorted by {dict(COLUMNS)[self.sort_column]}", timeout=1.5)
@@ -216,7 +268,7 @@ class RunsTab(Vertical):
             config = run.read_config()
         except (OSError, ValueError):
             config = {}
-        settings = _settings_text(config if isinstance(config, dict) else {}, run.read_state())
+        settings = _settings_text(run_id, config if isinstance(config, dict) else {}, run.read_state())
         series: dict[str, tuple[list, list]] = {}
         if marked:
             title = f"validation bits per byte of {len(marked)} marked run{'s' if len(marked) > 1 else ''}"
@@ -248,6 +300,7 @@ class RunsTab(Vertical):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()
         action = {"runs-generate": self.action_generate, "runs-resume": self.action_resume,
+                  "runs-fine-tune": self.action_fine_tune, "runs-export": self.action_export,
                   "runs-rename": self.action_rename, "runs-delete": self.action_delete}.get(event.button.id or "")
         if action:
             action()
@@ -281,6 +334,72 @@ class RunsTab(Vertical):
             self.notify(f"Cannot resume {info.id}: {why}.", severity="warning")
             return
         self.post_message(self.ResumeInTrain(info.id))
+
+    def action_fine_tune(self) -> None:
+        """Ask for a corpus, then have the Train tab fine-tune this run on it (its weights and tokenizer)."""
+        info = self._current_or_warn()
+        if info is None:
+            return
+        try:
+            source = fine_tune_source(self.store.resolve(info.id))
+        except (GptuiError, OSError) as exc:
+            self.notify(str(exc), severity="error", title="Cannot fine-tune")
+            return
+        corpora = [c for c in self.workspace.corpora() if c.error is None]
+        if not corpora:
+            self.notify("No corpus to fine-tune on: add a text file on the Corpus tab.", severity="warning")
+            return
+        choices = [(c.name, f"{c.name}  ({human_bytes(c.bytes)})") for c in corpora]
+        settings = config_to_dict(source.config)
+
+        def picked(corpus: str | None) -> None:
+            if corpus:
+                self.post_message(self.FineTuneInTrain(info.id, corpus, settings))
+
+        self.app.push_screen(
+            PickModal(f"Fine-tune {info.id} on which corpus? It keeps the run's model and tokenizer.", choices,
+                      ok="Fine-tune", value=info.corpus),
+            picked,
+        )
+
+    def action_export(self) -> None:
+        info = self._current_or_warn()
+        if info is None:
+            return
+
+        def on_path(path: Path | None) -> None:
+            if path is not None:
+                self.notify(f"Exporting {info.id}…", timeout=3)
+                self._export(info.id, path)
+
+        self.app.push_screen(
+            PathPromptModal(f"Export {info.id} as a Hugging Face transformers folder to:",
+                            str(self.workspace.home / "exports" / f"{info.id}-hf"), ok="Export",
+                            check=export_target_problem),
+            on_path,
+        )
+
+    @work(thread=True, group="runs-export", exit_on_error=False)
+    def _export(self, run_id: str, path: Path) -> None:
+        # a thread: the export loads torch and reads the weights
+        try:
+            written = export_run(self.store.resolve(run_id), path, "hf")
+        except GptuiError as exc:
+            self.post_message(self._Exported(run_id, None, str(exc)))
+        except OSError as exc:
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            self.post_message(self._Exported(run_id, None, f"{exc.strerror or exc}{where}"))
+        except Exception as exc:  # never a traceback on screen
+            self.post_message(self._Exported(run_id, None, f"{type(exc).__name__}: {exc}"))
+        else:
+            self.post_message(self._Exported(run_id, written))
+
+    @on(_Exported)
+    def _exported(self, message: _Exported) -> None:
+        if message.error is not None:
+            self.notify(message.error, severity="error", title="Cannot export")
+        else:
+            self.notify(f"Exported {message.run_id} to {message.path}", title="Export", timeout=8)
 
     def action_rename(self) -> None:
         info = self._current_or_warn()
@@ -340,18 +459,22 @@ def _metrics(run: Run) -> list[dict]:
         return []
 
 
-def _settings_text(config: dict[str, Any], state: dict[str, Any]) -> Text:
+def _settings_text(run_id: str, config: dict[str, Any], state: dict[str, Any]) -> Text:
     text = Text()
+    best, bpb = state.get("best_val_loss"), state.get("best_val_bpb")
     facts = {
+        "run": run_id, "fine-tuned from": config.get("init_from"),
         "corpus": config.get("corpus"), "parameters": f"{config['params']:,}" if config.get("params") else None,
         "vocabulary": config.get("vocab_size"), "processes": config.get("world_size", 1 if config else None),
         "created": config.get("created"),
         "status": state.get("status"), "steps": state.get("step"), "stop reason": state.get("stop_reason"),
+        "best val loss": loss_text(best) if isinstance(best, (int, float)) else None,
+        "val bpb": loss_text(bpb) if isinstance(bpb, (int, float)) else None,
         "error": state.get("error"), "gptui": config.get("gptui_version"), "torch": config.get("torch_version"),
     }
     for key, value in facts.items():
         if value is not None:
-            text.append(f"{key:<14}", style="bold")
+            text.append(f"{key:<16}", style="bold")
             text.append(f"{value}\n")
     settings = config.get("settings")
     if isinstance(settings, dict):

@@ -1,4 +1,5 @@
-"""The Train tab: start, stop and resume a run, and watch it (loss plot, progress, numbers, sample, log).
+"""The Train tab: start, stop and resume a run, and watch it (loss plot, progress, numbers, sample, log). Made
+ready to fine-tune a run (from the Runs tab), Start trains a new run from that run's weights and tokenizer.
 
 With one process (the default) the engine's `TrainJob` runs in a thread worker; its events come back as
 `TrainTab.EngineEvent` messages, so only the UI thread touches widgets. torch is imported inside the worker,
@@ -22,6 +23,7 @@ from textual.worker import Worker, WorkerState
 from gptui.core import events as ev
 from gptui.core.config import Config, estimate_params, tokens_per_step
 from gptui.core.errors import GptuiError
+from gptui.core.finetune import MODEL_SHAPE
 from gptui.core.runs import Run
 from gptui.core.workspace import Workspace
 from gptui.tui.formatting import human_duration, human_number, loss_text, memory_text
@@ -68,6 +70,8 @@ class TrainTab(Vertical):
         self.config: Config | None = None
         self.problems: dict[str, str] = {}
         self.resume_run: str | None = None  # the run Resume continues
+        self.fine_tune_run: str | None = None  # the run Start fine-tunes, when set
+        self._fine_tune_settings: dict[str, Any] = {}  # that run's settings (its model shape must stay)
         self.run_id: str | None = None  # the run on screen
         self._job: Any = None  # gptui.core.trainer.TrainJob, created in the worker
         self._process: Any = None  # gptui.core.follow.TrainProcess, when a run uses several processes
@@ -85,6 +89,10 @@ class TrainTab(Vertical):
                         validators=[Integer(minimum=1, maximum=MAX_PROCESSES)],
                         tooltip="Processes to train on (torchrun): one per GPU on CUDA, CPU processes otherwise")
             yield Static(id="train-summary")
+        with Horizontal(id="train-fine-tune"):
+            yield Static(id="train-fine-tune-text")
+            yield Button("From scratch", id="train-from-scratch", compact=True,
+                         tooltip="Start trains a new model from scratch instead of fine-tuning")
         yield Static(id="train-blocked")
         with Horizontal(id="train-progress-row"):
             yield Label("idle", id="train-step")
@@ -149,6 +157,11 @@ class TrainTab(Vertical):
         if self.resume_run:
             summary += f" · resume: {self.resume_run}"
         self.query_one("#train-summary", Static).update(summary)
+        # the summary's second line, under it at every width: what Start starts from
+        self.query_one("#train-fine-tune").display = self.fine_tune_run is not None
+        if self.fine_tune_run is not None:
+            self.query_one("#train-fine-tune-text", Static).update(
+                Text(f"fine-tune from {self.fine_tune_run} (its weights and tokenizer)"))
         notice = self.query_one("#train-blocked", Static)
         notice.update(Text(f"✗ {blocked}") if blocked else "")
         notice.display = bool(blocked)
@@ -156,6 +169,12 @@ class TrainTab(Vertical):
 
     def set_resume(self, run_id: str | None) -> None:
         self.resume_run = run_id
+        self.update_inputs(self.corpus, self.config, self.problems)
+
+    def set_fine_tune(self, run_id: str | None, settings: dict[str, Any] | None = None) -> None:
+        """Make Start fine-tune `run_id` (whose `settings` fix the model shape), or train from scratch (None)."""
+        self.fine_tune_run = run_id
+        self._fine_tune_settings = dict(settings or {}) if run_id else {}
         self.update_inputs(self.corpus, self.config, self.problems)
 
     def blocked_reason(self) -> str | None:
@@ -167,6 +186,13 @@ class TrainTab(Vertical):
         if self.problems or self.config is None:
             reasons = "; ".join(self.problems.values()) or "the settings are incomplete"
             return f"Fix the Model tab first: {reasons}"
+        if self.fine_tune_run:
+            changed = [f"{name} to {self._fine_tune_settings[name]}" for name in MODEL_SHAPE
+                       if name in self._fine_tune_settings
+                       and getattr(self.config, name) != self._fine_tune_settings[name]]
+            if changed:
+                return (f"Fine-tuning {self.fine_tune_run} keeps its model: set {', '.join(changed)} on the Model "
+                        "tab, or press From scratch.")
         return None
 
     def _sync_buttons(self) -> None:
@@ -181,7 +207,7 @@ class TrainTab(Vertical):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()
         actions = {"train-start": self.action_start, "train-stop": self.action_stop,
-                   "train-resume": self.action_resume}
+                   "train-resume": self.action_resume, "train-from-scratch": lambda: self.set_fine_tune(None)}
         if event.button.id in actions:
             actions[event.button.id]()
 
@@ -193,7 +219,7 @@ class TrainTab(Vertical):
         if blocked:
             self.notify(blocked, severity="error", title="Cannot start")
             return
-        self._launch(self.corpus, self.config, None)
+        self._launch(self.corpus, self.config, None, self.fine_tune_run)
 
     def action_resume(self) -> None:
         if self.running:
@@ -213,10 +239,10 @@ class TrainTab(Vertical):
             self.notify("No run is training.", severity="warning")
             return
         self.stop("stopped by user")
-        self._set_status("stopping: saving a checkpoint…")
+        self._set_status("stopping: evaluating and saving…")
 
     def stop(self, reason: str = "stopped by user") -> None:
-        """Ask the trainer to stop after the current step (it saves a checkpoint first). Thread-safe."""
+        """Ask the trainer to stop after the current step (it evaluates once more, then saves). Thread-safe."""
         self._stop_requested = True
         job = self._job
         if job is not None:
@@ -230,7 +256,8 @@ class TrainTab(Vertical):
         if self._worker is not None:
             await self._worker.wait()
 
-    def _launch(self, corpus: str | None, config: Config | None, resume: str | None) -> None:
+    def _launch(self, corpus: str | None, config: Config | None, resume: str | None,
+                init_from: str | None = None) -> None:
         self._stop_requested = False
         self._job = self._process = None
         self.run_id = None
@@ -244,18 +271,18 @@ class TrainTab(Vertical):
         processes = self.processes or 1
         if processes > 1:
             self._set_status(f"starting {processes} processes…")
-            self._worker = self._train_processes(corpus, config, resume, processes)
+            self._worker = self._train_processes(corpus, config, resume, processes, init_from)
         else:
             self._set_status("loading the engine…")
-            self._worker = self._train(corpus, config, resume)
+            self._worker = self._train(corpus, config, resume, init_from)
         self._sync_buttons()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="train")
-    def _train(self, corpus: str | None, config: Config | None, resume: str | None) -> None:
+    def _train(self, corpus: str | None, config: Config | None, resume: str | None, init_from: str | None) -> None:
         # Imported here: this is where torch gets loaded, long after the first frame.
         from gptui.core.trainer import TrainJob
 
-        job = TrainJob(self.workspace, corpus, config, resume=resume,
+        job = TrainJob(self.workspace, corpus, config, resume=resume, init_from=init_from,
                        on_event=lambda e: self.post_message(self.EngineEvent(e)))
         self._job = job
         if self._stop_requested:  # Stop (or quit) came while torch was loading
@@ -269,13 +296,13 @@ class TrainTab(Vertical):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="train")
     def _train_processes(self, corpus: str | None, config: Config | None, resume: str | None,
-                         processes: int) -> None:
+                         processes: int, init_from: str | None) -> None:
         """Launch torchrun through the command line and follow the run it trains (no torch in this process)."""
         from gptui.core.follow import TrainProcess
 
         try:
             process = TrainProcess(self.workspace, corpus=corpus, config=config, resume=resume,
-                                   processes=processes)
+                                   processes=processes, init_from=init_from)
         except OSError as exc:
             self.post_message(self.Failed(f"could not start the training processes: {exc.strerror or exc}"))
             return

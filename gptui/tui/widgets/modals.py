@@ -1,5 +1,5 @@
-"""Small dialogs: a yes/no confirmation, a one-line text prompt and a path prompt. They return their answer by
-dismissing."""
+"""Small dialogs: a yes/no confirmation, a one-line text prompt, a path prompt and a pick from a list. They return
+their answer by dismissing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label
+from textual.widgets import Button, Input, Label, OptionList
+from textual.widgets.option_list import Option
 
 
 class ConfirmModal(ModalScreen[bool]):
@@ -92,3 +93,43 @@ class PathPromptModal(TextPromptModal):
             self.notify(problem, severity="warning")
             return
         self.dismiss(path)
+
+
+class PickModal(ModalScreen[str | None]):
+    """Pick one of a few choices (a corpus to fine-tune on): `choices` are (key, label) pairs; Enter, a click or
+    the OK button dismisses with the highlighted key, Escape or Cancel with None."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+
+    def __init__(self, question: str, choices: list[tuple[str, str]], ok: str = "OK", value: str | None = None) -> None:
+        super().__init__()
+        self.question, self.choices, self.ok, self.value = question, choices, ok, value
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.question, classes="dialog-text")
+            yield OptionList(*(Option(label, id=key) for key, label in self.choices), id="choices")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button(self.ok, id="ok", variant="primary")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        options = self.query_one("#choices", OptionList)
+        keys = [key for key, _ in self.choices]
+        options.highlighted = keys.index(self.value) if self.value in keys else 0
+        options.focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        self.dismiss(event.option.id)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        if event.button.id != "ok":
+            self.dismiss(None)
+            return
+        options = self.query_one("#choices", OptionList)
+        if options.highlighted is None:
+            self.notify("Pick one, or press Escape to cancel.", severity="warning")
+            return
+        self.dismiss(options.get_option_at_index(options.highlighted).id)
