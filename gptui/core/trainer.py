@@ -165,7 +165,8 @@ class TrainJob:
         self.run_dir = NullRun(self.workspace.models / shared["run_id"])
         # a fine-tune's tokenizer travels from rank 0, so no other machine needs the source run's folder; its
         # weights reach every rank when DistributedDataParallel broadcasts rank 0's parameters
-        self._tokenizer_json, self._tokenizer_source = shared["tokenizer_json"], shared["tokenizer_source"]
+        self._tokenizer_json = shared.get("tokenizer_json")
+        self._tokenizer_source = shared.get("tokenizer_source", "")
         dataset = self._prepare(self.workspace.corpus_path(shared["corpus"]), config)
         if dataset.corpus_sha256 != shared["corpus_sha256"] or len(dataset.tokens) != shared["tokens"]:
             raise InputError(f"rank {rank} sees a different corpus or tokenizer than rank 0 "
