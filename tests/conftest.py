@@ -77,7 +77,7 @@ def make_corpus_text():
 def tiny_config():
     from gptui.core.config import apply_overrides, check, preset_config
 
-    return check(apply_overrides(preset_config("tiny"), TINY_OVERRIDES))
+    return check(apply_overrides(preset_config("tiny-classic"), TINY_OVERRIDES))
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ def home(tmp_path_factory, make_corpus_text) -> Path:
 @pytest.fixture(scope="module")
 def trained(home, tiny_overrides):
     """One tiny run trained through the CLI: (completed process, summary dict)."""
-    result = gptui(home, "train", "--input", "tiny", "--preset", "tiny", *sets(tiny_overrides))
+    result = gptui(home, "train", "--input", "tiny", "--preset", "tiny-classic", *sets(tiny_overrides))
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     return result, summary

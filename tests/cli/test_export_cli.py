@@ -28,7 +28,7 @@ def home(tmp_path_factory, make_corpus_text, tiny_overrides) -> Path:
     torch.set_num_threads(1)
     ws = Workspace(tmp_path_factory.mktemp("export-cli")).ensure()
     (ws.inputs / "tiny.txt").write_text(make_corpus_text(), encoding="utf-8")
-    config = check(apply_overrides(preset_config("tiny"), {**tiny_overrides, "max_iters": 12, "eval_interval": 6,
+    config = check(apply_overrides(preset_config("tiny-classic"), {**tiny_overrides, "max_iters": 12, "eval_interval": 6,
                                                            "sample_interval": 0}))
     assert TrainJob(ws, "tiny", config, name="exportme").run().status == "completed"
     return ws.home

@@ -20,7 +20,7 @@ def trained_workspace(tmp_path_factory, tiny_overrides, make_corpus_text):
 
     ws = Workspace(tmp_path_factory.mktemp("trained")).ensure()
     (ws.inputs / "tiny.txt").write_text(make_corpus_text(), encoding="utf-8")
-    config = check(apply_overrides(preset_config("tiny"), tiny_overrides))
+    config = check(apply_overrides(preset_config("tiny-classic"), tiny_overrides))
     finished = TrainJob(ws, "tiny", config, name="trained").run()
     assert finished.status == "completed"
     return ws

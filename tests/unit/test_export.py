@@ -45,7 +45,7 @@ def bpe_run(tmp_path_factory, tiny_overrides, make_corpus_text) -> Run:
     """A tiny BPE run with biases and an untied output head (the other corner from `trained_run`)."""
     ws = Workspace(tmp_path_factory.mktemp("bpe")).ensure()
     (ws.inputs / "tiny.txt").write_text(make_corpus_text(), encoding="utf-8")
-    config = check(apply_overrides(preset_config("tiny"), {
+    config = check(apply_overrides(preset_config("tiny-classic"), {
         **tiny_overrides, "tokenizer": "bpe", "vocab_size": 300, "bias": True, "tie_embeddings": False,
         "mlp_ratio": 3, "max_iters": 12, "eval_interval": 6, "sample_interval": 0,
     }))

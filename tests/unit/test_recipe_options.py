@@ -45,7 +45,7 @@ IDS = ["defaults", "rope", "rmsnorm", "qk_norm", "relu2", "swiglu", "untied", "s
 def config_with(options: dict, **more):
     base = dict(n_layer=2, n_head=2, n_embd=16, block_size=16, bias=False, mlp_ratio=4, tokenizer="char",
                 max_iters=10, warmup_iters=2)
-    return check(apply_overrides(preset_config("tiny"), {**base, **options, **more}))
+    return check(apply_overrides(preset_config("tiny-classic"), {**base, **options, **more}))
 
 
 def model_for(config, vocab: int = 50) -> GPT:
@@ -149,7 +149,7 @@ def test_rope_needs_an_even_head_size():
                                        ("optimizer", "sgd"), ("logit_softcap", "-1"), ("muon_lr", "0")])
 def test_bad_option_values_are_refused(key, value):
     with pytest.raises(ConfigError) as err:
-        check(apply_overrides(preset_config("tiny"), {key: value}))
+        check(apply_overrides(preset_config("tiny-classic"), {key: value}))
     assert key in err.value.problems
 
 
