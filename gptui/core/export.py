@@ -66,7 +66,7 @@ def export_run(run: Run, out: Path, format: str = "hf") -> Path:
     if problem:
         raise DamagedRun(f"run {run.id} is damaged: {problem}")
     if not run.file(WEIGHTS).is_file():
-        raise InputError(f"run {run.id} has no saved weights yet (it has not reached its first evaluation)")
+        raise InputError(f"run {run.id} has no saved weights yet (a run has them once it has trained a step and been evaluated or stopped)")
     try:
         saved = run.read_config()
         settings = saved["settings"]

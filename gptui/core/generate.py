@@ -131,7 +131,7 @@ def load_model(run: Run, device: str = "auto", dtype: str = "float32") -> Loaded
     if problem:
         raise DamagedRun(f"run {run.id} is damaged: {problem}")
     if not run.file(WEIGHTS).exists():
-        raise InputError(f"run {run.id} has no saved weights yet (it has not reached its first evaluation)")
+        raise InputError(f"run {run.id} has no saved weights yet (a run has them once it has trained a step and been evaluated or stopped)")
     try:
         saved = run.read_config()
         config = config_from_dict(saved["settings"])
