@@ -34,6 +34,7 @@ RECIPES: dict[str, tuple[dict, int]] = {
     "modern-muon-bpe1024": ({**MODERN, "optimizer": "muon", "muon_lr": 0.02, "vocab_size": 1024}, 160),
     "modern-muon-wide": ({**MODERN, "optimizer": "muon", "muon_lr": 0.02, "n_embd": 256, "n_head": 4}, 108),
     "modern-muon-lr4e-3": ({**MODERN, "optimizer": "muon", "muon_lr": 0.02, "lr": 4e-3}, 165),
+    "modern-muon-bpe2048": ({**MODERN, "optimizer": "muon", "muon_lr": 0.02, "vocab_size": 2048}, 126),
 }
 
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides, per_minute = RECIPES[name]
             steps = args.steps or max(100, int(per_minute * args.steps_per_minute * args.minutes))
             config = apply_overrides(preset_config("tiny-classic"), {
-                **overrides, "max_iters": steps, "eval_interval": max(50, steps // 8),
+                **overrides, "max_iters": steps, "eval_interval": max(50, steps // 4),
                 "max_minutes": 0 if args.steps else args.minutes, "sample_interval": 0,
             })
             evals: list = []
