@@ -43,7 +43,7 @@ def test_invalid_values_block_start_with_a_reason(home: Path) -> None:
             assert not (home / "models").exists() or not any((home / "models").iterdir())
 
             # fixed: the reason goes away
-            app.model_tab.set_values({"n_head": 4})
+            app.model_tab.set_values({"n_head": 5})  # 20 per head: divides, and even as rope needs
             await pilot.pause()
             assert not app.train_tab.query_one("#train-blocked").display
             assert app.train_tab.blocked_reason() is None
