@@ -335,10 +335,10 @@ def bench_generation(plan: Plan, tmp: Path) -> list[Row]:
 
 
 def bench_train_sample_overhead(plan: Plan, tmp: Path) -> list[Row]:
-    """The tiny preset trained on the sample corpus with its own sampling settings (a 200-token sample every 250
-    steps); the wall time spent inside the trainer's samples against the whole run's. Quick mode trains the first
-    250 steps (one sample), the full run the preset's 1000."""
-    from gptui.core import generate
+    """The tiny preset trained on the sample corpus with its own sampling settings; the wall time its samples took
+    (as the trainer's Sample events report it) against the whole run's. Quick mode trains up to the first sample,
+    the full run the preset's max_iters."""
+    from gptui.core import events as ev
     from gptui.core.config import apply_overrides, preset_config
     from gptui.core.trainer import TrainJob
     from gptui.core.workspace import Workspace
@@ -347,24 +347,12 @@ def bench_train_sample_overhead(plan: Plan, tmp: Path) -> list[Row]:
     if plan.quick:
         config = apply_overrides(config, {"max_iters": config.sample_interval})
     spent: list[float] = []
-    real = generate.TrainingSampler.sample
-
-    def timed(self, step):
-        t = time.perf_counter()
-        try:
-            return real(self, step)
-        finally:
-            spent.append(time.perf_counter() - t)
-
     ws = Workspace(tmp / "samples").ensure()
     log(f"train_sample_overhead: tiny preset, {config.max_iters} steps, a sample every {config.sample_interval}")
-    generate.TrainingSampler.sample = timed
-    try:
-        t = time.perf_counter()
-        finished = TrainJob(ws, "tinyshakespeare", config, name="bench-samples").run()
-        total = time.perf_counter() - t
-    finally:
-        generate.TrainingSampler.sample = real
+    t = time.perf_counter()
+    finished = TrainJob(ws, "tinyshakespeare", config, name="bench-samples",
+                        on_event=lambda e: spent.append(e.seconds) if isinstance(e, ev.Sample) else None).run()
+    total = time.perf_counter() - t
     if finished.status != "completed" or not spent:
         raise RuntimeError(f"run ended {finished.status} ({finished.reason}) with {len(spent)} samples")
     share = 100 * sum(spent) / total

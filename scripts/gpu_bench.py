@@ -135,7 +135,7 @@ def sample_overhead(device: str, preset: str, steps: int, quick: bool) -> dict:
     the trainer's samples."""
     import tempfile
 
-    from gptui.core import generate
+    from gptui.core import events as ev
     from gptui.core.trainer import TrainJob
     from gptui.core.workspace import Workspace
 
@@ -143,23 +143,11 @@ def sample_overhead(device: str, preset: str, steps: int, quick: bool) -> dict:
     config = apply_overrides(preset_config(preset), {"max_iters": steps, "device": device, "eval_iters": 20}
                              | (quick_sets if quick else {}))
     spent: list[float] = []
-    real = generate.TrainingSampler.sample
-
-    def timed(self, step):
+    with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        try:
-            return real(self, step)
-        finally:
-            spent.append(time.perf_counter() - t)
-
-    generate.TrainingSampler.sample = timed
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            t = time.perf_counter()
-            finished = TrainJob(Workspace(tmp).ensure(), "tinyshakespeare", config).run()
-            total = time.perf_counter() - t
-    finally:
-        generate.TrainingSampler.sample = real
+        finished = TrainJob(Workspace(tmp).ensure(), "tinyshakespeare", config,
+                            on_event=lambda e: spent.append(e.seconds) if isinstance(e, ev.Sample) else None).run()
+        total = time.perf_counter() - t
     return {"preset": preset, "steps": finished.step, "samples": len(spent), "sample_s": sum(spent),
             "total_s": total, "share": 100 * sum(spent) / total}
 
@@ -215,7 +203,7 @@ def main() -> None:
               f"({q['reason']}), {q['tok_s']:,.0f} tok/s; target <= 2.05 in < 60 s: {'yes' if ok else 'NO'}")
     except Exception as exc:
         print(f"\ngpu preset: failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}")
-    print("\ntraining samples (tiny: 1000 steps, a 200-token sample every 250; lecture: 500 steps, one sample)")
+    print("\ntraining samples (tiny: 1000 steps, lecture: 500 steps, each with its preset's sample settings)")
     for preset, steps in (("tiny", 30 if args.quick else 1000), ("lecture", 10 if args.quick else 500)):
         steps_note = "quick: batch 4, two 20-token samples" if args.quick else "eval_iters 20"
         try:

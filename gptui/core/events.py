@@ -53,6 +53,7 @@ class Eval:
 class Sample:
     step: int
     text: str
+    seconds: float | None = None  # how long sampling took (None when read back from a log)
 
 
 @dataclass(frozen=True)

@@ -549,8 +549,9 @@ class TrainJob:
                 save("running")
             if config.sample_interval and step % config.sample_interval == 0 and dist.is_main:
                 # only the run's owner samples: the others would throw their text away
+                t_sample = time.perf_counter()
                 text = data.tokenizer.decode(sampler.sample(step))
-                self.emit(ev.Sample(step, text))
+                self.emit(ev.Sample(step, text, time.perf_counter() - t_sample))
                 self.log(f"sample at step {step}:\n{text}\n")
 
         if n_acc:

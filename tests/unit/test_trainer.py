@@ -65,6 +65,7 @@ def test_events_in_order(workspace, corpus, tiny_config):
     assert steps == sorted(set(steps)) and steps[-1] == 20
     assert [e.step for e in only(events, ev.Sample)] == [10, 20]
     assert all(isinstance(e.text, str) for e in only(events, ev.Sample))
+    assert all(e.seconds > 0 for e in only(events, ev.Sample)), "the trainer times its samples"
     assert only(events, ev.Prepare), "data preparation is reported"
 
 
