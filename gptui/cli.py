@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from gptui.core.errors import GptuiError, InputError
+from gptui.core.sampling import INFERENCE_DTYPES
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", default="", help="stop when this text appears (\\n\\n for a blank line)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+    g.add_argument("--dtype", default="auto", choices=INFERENCE_DTYPES,
                    help="precision of the weights while generating (auto: bfloat16 where the device has it)")
     g.add_argument("--num-samples", type=int, default=1, metavar="N",
                    help="continuations decoded together in one batch (1-64), printed one after another")

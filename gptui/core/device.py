@@ -48,26 +48,24 @@ def cpu_has_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def pick_dtype(requested: str, device: str) -> str:
-    """The autocast dtype: bf16 where the hardware supports it, fp16 (with a grad scaler) on older GPUs."""
-    if requested != "auto":
-        if requested == "bfloat16" and device == "cuda" and not torch.cuda.is_bf16_supported():
-            raise InputError("this GPU does not support bfloat16; use dtype=float16 or auto")
-        if requested == "float16" and device == "cpu":
-            raise InputError("float16 autocast is not supported on the CPU; use bfloat16 or float32")
-        return requested
-    if device == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    if device == "cpu":
-        return "bfloat16" if cpu_has_bf16() else "float32"
-    return "float32"
-
-
 def bf16_native(device: str) -> bool:
     """Whether the device computes bfloat16 natively (CUDA with bf16; CPUs with AVX512-BF16 or AMX)."""
     if device == "cuda":
         return torch.cuda.is_bf16_supported()
     return device == "cpu" and cpu_has_bf16()
+
+
+def pick_dtype(requested: str, device: str) -> str:
+    """The autocast dtype: bf16 where the hardware supports it, fp16 (with a grad scaler) on older GPUs."""
+    if requested != "auto":
+        if requested == "bfloat16" and device == "cuda" and not bf16_native(device):
+            raise InputError("this GPU does not support bfloat16; use dtype=float16 or auto")
+        if requested == "float16" and device == "cpu":
+            raise InputError("float16 autocast is not supported on the CPU; use bfloat16 or float32")
+        return requested
+    if bf16_native(device):
+        return "bfloat16"
+    return "float16" if device == "cuda" else "float32"
 
 
 def pick_inference_dtype(requested: str, device: str) -> str:
