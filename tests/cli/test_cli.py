@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from support import ENV, assert_one_line_error, gptui
+from support import ENV, assert_one_line_error, gptui, interrupt_training, took_a_step
 
 TINY_SETS: list[str] = []
 
@@ -320,27 +318,10 @@ def test_sigint_stops_and_resume_completes(tmp_path, make_corpus_text, tiny_over
     (tmp_path / "inputs").mkdir()
     (tmp_path / "inputs" / "tiny.txt").write_text(make_corpus_text(), encoding="utf-8")
     overrides = tiny_overrides | {"max_iters": 1_000_000, "sample_interval": 0}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gptui", "--home", str(tmp_path), "train", "--input", "tiny", *sets(overrides)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path,
-    )
-    seen = []
-    try:
-        deadline = time.monotonic() + 120
-        for line in proc.stderr:
-            seen.append(line)
-            if line.startswith("step 10: train"):
-                break
-            assert time.monotonic() < deadline, "no evaluation line within 2 minutes"
-        else:
-            pytest.fail(f"training ended before its first evaluation: {''.join(seen)}")
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
+    code, out, err = interrupt_training(tmp_path, ["--input", "tiny", *sets(overrides)],
+                                        lambda line: line.startswith("step 10: train"), "its first evaluation",
+                                        deadline=120)
+    assert code == 0, err
     assert "Traceback" not in err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["status"] == "stopped"
@@ -368,26 +349,9 @@ def test_sigint_before_the_first_evaluation_leaves_weights_to_talk_to(tmp_path, 
     (tmp_path / "inputs").mkdir()
     (tmp_path / "inputs" / "tiny.txt").write_text(make_corpus_text(), encoding="utf-8")
     overrides = tiny_overrides | {"max_iters": 1_000_000, "eval_interval": 100_000, "sample_interval": 0}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gptui", "--home", str(tmp_path), "train", "--input", "tiny", *sets(overrides)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path,
-    )
-    seen = []
-    try:
-        for line in proc.stderr:
-            seen.append(line)
-            if line.startswith("step ") and "loss" in line:  # the first progress line: steps have been taken
-                break
-        else:
-            pytest.fail(f"training ended before taking a step: {''.join(seen)}")
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    err = "".join(seen) + err
-    assert proc.returncode == 0, err
+    code, out, err = interrupt_training(tmp_path, ["--input", "tiny", *sets(overrides)], took_a_step,
+                                        "taking a step")
+    assert code == 0, err
     assert "Traceback" not in err and "stopping: evaluating and saving" in err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["status"] == "stopped" and 0 < summary["steps"] < 100_000

@@ -7,7 +7,6 @@ few seconds of start-up. Ports are free ones found by binding port 0, on 127.0.0
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from support import ENV, assert_one_line_error, gptui
+from support import ENV, assert_one_line_error, gptui, interrupt_training, took_a_step
 
 pytestmark = pytest.mark.slow
 
@@ -94,27 +93,11 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_resume_continues_exactly(home, 
     overrides = tiny_overrides | BASE | {"max_iters": 500, "eval_interval": 5, "dropout": 0.1}
     whole = summary_of(gptui(home, "train", "--input", "tiny", "--name", "whole", *sets(overrides),
                              "--nproc-per-node", "2"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gptui", "--home", str(home), "train", "--input", "tiny", "--name", "parted",
-         *sets(overrides), "--nproc-per-node", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=home,
-    )
-    seen = []
-    try:
-        for line in proc.stderr:
-            seen.append(line)
-            if line.startswith("step 5: train"):
-                break
-        else:
-            pytest.fail(f"training ended before its first evaluation: {''.join(seen)}")
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    err = "".join(seen) + err
-    assert proc.returncode == 0, err
+    code, out, err = interrupt_training(home, ["--input", "tiny", "--name", "parted", *sets(overrides),
+                                              "--nproc-per-node", "2"],
+                                        lambda line: line.startswith("step 5: train"), "its first evaluation",
+                                        timeout=120)
+    assert code == 0, err
     assert "Traceback" not in err and "error" not in err, err
     stopped = json.loads(out.strip().splitlines()[-1])
     assert stopped["status"] == "stopped" and "interrupted" in stopped["reason"]
@@ -136,27 +119,9 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_resume_continues_exactly(home, 
 
 def test_ctrl_c_before_the_first_evaluation_evaluates_on_every_rank_and_keeps_the_weights(home, tiny_overrides):
     overrides = tiny_overrides | BASE | {"max_iters": 1_000_000, "eval_interval": 100_000}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gptui", "--home", str(home), "train", "--input", "tiny", *sets(overrides),
-         "--nproc-per-node", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=home,
-    )
-    seen = []
-    try:
-        for line in proc.stderr:
-            seen.append(line)
-            if line.startswith("step ") and "loss" in line:  # the first progress line: steps have been taken
-                break
-        else:
-            pytest.fail(f"training ended before taking a step: {''.join(seen)}")
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    err = "".join(seen) + err
-    assert proc.returncode == 0, err
+    code, out, err = interrupt_training(home, ["--input", "tiny", *sets(overrides), "--nproc-per-node", "2"],
+                                        took_a_step, "taking a step", timeout=120)
+    assert code == 0, err
     assert "Traceback" not in err and "error" not in err, err
     assert err.count("stopping: evaluating and saving") == 1
     stopped = json.loads(out.strip().splitlines()[-1])
