@@ -207,15 +207,16 @@ def bench_train_throughput(plan: Plan, tmp: Path) -> list[Row]:
 
 
 def lecture_model(dtype_name: str = "float32"):
-    """The lecture preset's model (char vocabulary of the sample, random weights) in `dtype_name`, for decoding."""
+    """The lecture preset's model (char vocabulary of the sample, random weights) in `dtype_name`, prepared for
+    decoding as `gptui generate` prepares a saved one (`prepare_for_inference`)."""
     import torch
 
     from gptui.core.config import preset_config
+    from gptui.core.generate import prepare_for_inference
     from gptui.core.model import GPT, ModelConfig
 
     torch.manual_seed(0)
-    model = GPT(ModelConfig.from_config(preset_config("lecture"), 65)).eval()
-    return model.to(getattr(torch, dtype_name))
+    return prepare_for_inference(GPT(ModelConfig.from_config(preset_config("lecture"), 65)), "cpu", dtype_name)
 
 
 def lockstep(generators: dict, n: int, cap: float | None = None) -> tuple[dict, int]:

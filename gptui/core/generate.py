@@ -9,12 +9,14 @@ The only host sync per token is reading the sampled ids back.
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from gptui.core.config import config_from_dict
@@ -43,7 +45,7 @@ class Decoder:
         self.model = model
         self.batch = batch
         self.cache = model.new_cache(batch)
-        device = model.lm_head.weight.device
+        device = model.device
         self.idx = torch.zeros((batch, 1), dtype=torch.long, device=device)
         self.use_graph = (device.type == "cuda" if graphs is None else graphs) and _graph_failure is None
         self.graph = None
@@ -120,6 +122,49 @@ class LoadedModel:
         return self._decoder
 
 
+class PackedLinear(nn.Module):
+    """A Linear layer for inference on a CPU, its weight reordered once into oneDNN's blocked layout.
+
+    A decoding step multiplies one row by every weight matrix, so its speed is how fast the weights stream from
+    memory: the plain layout through MKL reaches ~10 GB/s on an AMD EPYC, the packed one ~20 GB/s in float32
+    (the whole lecture model's matrices: 2.0 against 4.0 ms) and more in bfloat16. Prefills and longer inputs
+    run faster too. The plain weight stays (the state dict, the parameter count and a tied embedding are as
+    before) but is never read again: inference only, and a change to it is not seen."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+@functools.cache
+def packing_works(dtype: torch.dtype) -> bool:
+    """Whether this torch build packs Linear weights for oneDNN and gets the plain layer's result in `dtype`."""
+    try:
+        with torch.no_grad():
+            linear = nn.Linear(16, 8, dtype=dtype)
+            x = torch.randn(3, 16, dtype=dtype)
+            return torch.allclose(PackedLinear(linear)(x).float(), linear(x).float(), atol=1e-2, rtol=1e-2)
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+
+
+def prepare_for_inference(model: GPT, device: str, dtype: str) -> GPT:
+    """Cast the weights once to `dtype` on `device`, for inference; on a CPU, pack every Linear layer's weight
+    for oneDNN where this build can (see `PackedLinear`)."""
+    model.to(device=device, dtype=getattr(torch, dtype)).eval().requires_grad_(False)
+    if device == "cpu" and packing_works(model.dtype):
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(parent, name, PackedLinear(child))
+    return model
+
+
 def load_model(run: Run, device: str = "auto", dtype: str = "float32") -> LoadedModel:
     """Load the best weights of a run from safetensors (never pickle), then cast them once to `dtype`
     ("float32", "bfloat16", or "auto": bfloat16 where the device computes it natively)."""
@@ -140,7 +185,7 @@ def load_model(run: Run, device: str = "auto", dtype: str = "float32") -> Loaded
         load_safetensors(model, str(run.file(WEIGHTS)))
     except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as exc:
         raise DamagedRun(f"run {run.id} could not be loaded: {str(exc).splitlines()[0][:200]}") from None
-    model.to(device=dev, dtype=getattr(torch, precision)).eval()
+    prepare_for_inference(model, dev, precision)
     return LoadedModel(run, model, tokenizer, dev, precision)
 
 
@@ -187,7 +232,7 @@ def sample_batch(
     block_size, the cache is refilled from the last half block. Without it, the last block_size tokens are
     recomputed every step (the reference the cache is measured against)."""
     block = model.config.block_size
-    device = model.lm_head.weight.device
+    device = model.device
     prompt = list(prompt_ids) or [0]
     history = torch.empty((num_samples, len(prompt) + max_new_tokens), dtype=torch.long, device=device)
     history[:, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
@@ -239,7 +284,7 @@ class TrainingSampler:
         self.model, self.prompt_ids, self.tokens, self.seed = model, prompt_ids, tokens, seed
         self.on_notice = on_notice
         self.decoder: Decoder | None = None
-        self.generator = torch.Generator(device=model.lm_head.weight.device)
+        self.generator = torch.Generator(device=model.device)
 
     def sample(self, step: int) -> list[int]:
         if self.decoder is None:

@@ -110,6 +110,8 @@ class KVCache:
         self.filled = torch.zeros(1, block_size, dtype=torch.bool, device=device)  # set per decode step
         self.mask = torch.zeros(1, block_size, dtype=dtype, device=device)  # 0 where filled, -inf elsewhere
         self.mask_values = torch.tensor([0.0, float("-inf")], dtype=dtype, device=device)
+        # the mask as every head's row of attention scores (a view: it follows the mask)
+        self.mask_rows = self.mask.view(1, 1, block_size).expand(batch * n_head, 1, block_size)
 
     def reset(self) -> None:
         self.pos = 0
@@ -128,7 +130,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.qk_norm = config.qk_norm
 
-    def forward(self, x, cache: KVCache | None = None, layer: int = 0, decode: bool = False, rope=None):
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0, rope=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
@@ -147,21 +149,34 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
             )
-        elif not decode:
+        else:
             # prefill from an empty cache: plain causal attention over the prompt, keys and values kept
             cache.k[layer][:, :, :T] = k
             cache.v[layer][:, :, :T] = v
             y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
-        else:
-            # one new token: write its key and value at the device-side position, then attend over the whole
-            # preallocated cache with a mask of the filled slots; every step has the same shapes
-            kept = cache.k[layer].dtype  # may be wider than the weights' (see GPT.new_cache)
-            cache.k[layer].index_copy_(2, cache.position.view(1), k.to(kept))
-            cache.v[layer].index_copy_(2, cache.position.view(1), v.to(kept))
-            y = F.scaled_dot_product_attention(q.to(kept), cache.k[layer], cache.v[layer], attn_mask=cache.mask)
-            y = y.to(x.dtype)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+    def decode(self, x, cache: KVCache, layer: int, rope=None):
+        """One new token per sequence (x: B x 1 x C), for inference: write its key and value at the cache's
+        device-side position, then attend over the whole preallocated cache with the step's mask of filled slots,
+        so every step has the same shapes. The attention is written out (scores with the mask added in one
+        baddbmm, softmax, weighted sum): for one query that is faster than the fused kernels on a CPU."""
+        B, _, C = x.size()
+        H, D = self.n_head, C // self.n_head
+        q, k, v = self.c_attn(x).view(B, 3, H, D).unbind(1)  # each B x H x D
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (D,)), F.rms_norm(k, (D,))
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        keys, values = cache.k[layer], cache.v[layer]  # B x H x block x D, maybe wider than x (see GPT.new_cache)
+        keys.index_copy_(2, cache.position.view(1), k.unsqueeze(2).to(keys.dtype))
+        values.index_copy_(2, cache.position.view(1), v.unsqueeze(2).to(keys.dtype))
+        keys, values = keys.view(B * H, -1, D), values.view(B * H, -1, D)
+        scores = torch.baddbmm(cache.mask_rows, q.reshape(B * H, 1, D).to(keys.dtype), keys.transpose(1, 2),
+                               alpha=1.0 / math.sqrt(D))
+        y = torch.bmm(scores.softmax(-1), values)  # B*H x 1 x D: the same memory as B x 1 x C
+        return self.c_proj(y.view(B, 1, C).to(x.dtype))
 
 
 class MLP(nn.Module):
@@ -198,9 +213,13 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache: KVCache | None = None, layer: int = 0, decode: bool = False, rope=None):
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0, rope=None):
         # pre-norm residual block, as in GPT-2
-        x = x + self.attn(self.ln_1(x), cache, layer, decode, rope)
+        x = x + self.attn(self.ln_1(x), cache, layer, rope)
+        return x + self.mlp(self.ln_2(x))
+
+    def decode(self, x, cache: KVCache, layer: int, rope=None):
+        x = x + self.attn.decode(self.ln_1(x), cache, layer, rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -273,7 +292,7 @@ class GPT(nn.Module):
         x, rope = self._embed(idx, torch.arange(0, T, dtype=torch.long, device=idx.device))
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache, i, rope=rope)
+            x = block(x, cache, i, rope)
         if cache is not None:
             cache.pos = T
             cache.position.fill_(T)
@@ -294,17 +313,25 @@ class GPT(nn.Module):
         torch.where(cache.filled, cache.mask_values[0], cache.mask_values[1], out=cache.mask)
         x, rope = self._embed(idx, cache.position)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache, i, decode=True, rope=rope)
+            x = block.decode(x, cache, i, rope)
         cache.position.add_(1)
         return self._head(x)
 
     def new_cache(self, batch: int = 1) -> KVCache:
         c = self.config
-        w = self.lm_head.weight
         # the cache takes the weights' precision, except bfloat16 on a CPU: there the fused attention kernels are
         # ~5x slower in bf16 than in fp32 for one query over the cache, and the cache is small beside the weights
-        dtype = torch.float32 if w.device.type == "cpu" and w.dtype == torch.bfloat16 else w.dtype
-        return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.n_embd // c.n_head, w.device, dtype)
+        dtype = torch.float32 if self.device.type == "cpu" and self.dtype == torch.bfloat16 else self.dtype
+        return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.n_embd // c.n_head, self.device, dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.wte.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' precision (the token embedding's: the Linear layers may be packed for inference)."""
+        return self.transformer.wte.weight.dtype
 
     def hidden_matrices(self) -> list[nn.Parameter]:
         """The 2-D weights inside the blocks: what Muon optimizes (never embeddings, the head, gains or biases)."""

@@ -63,7 +63,9 @@ def test_decode_step_has_the_same_ops_and_shapes_at_every_position():
         assert decoder.cache.pos == position + 1
     assert records[0], "the recorder saw the step's ops"
     assert all(r == records[0] for r in records[1:]), "a decode step's ops or shapes changed with the position"
-    assert any("scaled_dot_product" in op or "_flash_attention" in op for op, _ in records[0])
+    attention = [shapes for op, shapes in records[0] if "baddbmm" in op]
+    assert len(attention) == 2 and all((4, 8, 24) in [s[0] for s in shapes if isinstance(s, tuple)]
+                                       for shapes in attention), "each layer attends over the whole cache"
 
 
 @torch.no_grad()
@@ -190,7 +192,54 @@ def test_loaded_model_keeps_its_decoder_between_prompts(trained_run):
 
 def test_float32_is_the_library_default_and_exact(trained_run):
     loaded = load_model(trained_run, "cpu")
-    assert loaded.dtype == "float32" and loaded.model.lm_head.weight.dtype == torch.float32
+    assert loaded.dtype == "float32" and loaded.model.dtype == torch.float32
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.float32}
+
+
+def plain_copy(loaded) -> GPT:
+    """The loaded run's model with plain Linear layers (as the trainer has it)."""
+    from safetensors.torch import load_model as load_safetensors
+
+    from gptui.core.runs import WEIGHTS
+
+    model = GPT(loaded.model.config)
+    load_safetensors(model, str(loaded.run.file(WEIGHTS)))
+    return model.eval()
+
+
+@pytest.mark.skipif(not generate.packing_works(torch.float32), reason="this torch build cannot pack for oneDNN")
+@torch.no_grad()
+def test_loaded_model_packs_its_linear_layers_and_keeps_float32_logits(trained_run):
+    loaded = load_model(trained_run, "cpu")
+    model, plain = loaded.model, plain_copy(loaded)
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert sum(isinstance(m, generate.PackedLinear) for m in model.modules()) == 4 * model.config.n_layer + 1
+    ids = torch.tensor([loaded.tokenizer.encode(PROMPT)])
+    torch.testing.assert_close(model(ids)[0], plain(ids)[0], atol=1e-5, rtol=1e-5)
+    packed_decoder, plain_decoder = Decoder(model, 1), Decoder(plain, 1)
+    torch.testing.assert_close(packed_decoder.prefill(ids), plain_decoder.prefill(ids), atol=1e-5, rtol=1e-5)
+    for token in loaded.tokenizer.encode("Second Citizen"):
+        step = torch.tensor([token])
+        torch.testing.assert_close(packed_decoder.step(step), plain_decoder.step(step), atol=1e-5, rtol=1e-5)
+    greedy = [list(sample_ids(m, ids[0].tolist(), 30, temperature=0)) for m in (model, plain)]
+    assert greedy[0] == greedy[1]
+
+
+def test_without_packing_the_loaded_model_keeps_plain_linear_layers(trained_run, monkeypatch):
+    monkeypatch.setattr(generate, "packing_works", lambda dtype: False)
+    loaded = load_model(trained_run, "cpu")
+    assert not any(isinstance(m, generate.PackedLinear) for m in loaded.model.modules())
+    settings = SamplingSettings(max_new_tokens=20, temperature=0.8, seed=2)
+    assert len(generate_samples(loaded, PROMPT, settings, 1)[0]) == 20
+
+
+def test_packing_probe_says_no_when_the_build_cannot_pack(monkeypatch):
+    class Broken(torch.nn.Module):
+        def __init__(self, linear):
+            raise RuntimeError("oneDNN is not available in this build")
+
+    monkeypatch.setattr(generate, "PackedLinear", Broken)
+    assert generate.packing_works.__wrapped__(torch.float32) is False
 
 
 @pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bfloat16")
