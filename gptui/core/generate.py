@@ -12,6 +12,7 @@ import codecs
 import functools
 import json
 import logging
+import platform
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -143,7 +144,10 @@ class PackedLinear(nn.Module):
 
 @functools.cache
 def packing_works(dtype: torch.dtype) -> bool:
-    """Whether this torch build packs Linear weights for oneDNN and gets the plain layer's result in `dtype`."""
+    """Whether this is an x86 CPU (where oneDNN is the tuned path; elsewhere the plain BLAS stays) and this torch
+    build packs Linear weights for oneDNN and gets the plain layer's result in `dtype`."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
     try:
         with torch.no_grad():
             linear = nn.Linear(16, 8, dtype=dtype)

@@ -242,6 +242,11 @@ def test_packing_probe_says_no_when_the_build_cannot_pack(monkeypatch):
     assert generate.packing_works.__wrapped__(torch.float32) is False
 
 
+def test_packing_is_for_x86_cpus_only(monkeypatch):
+    monkeypatch.setattr(generate.platform, "machine", lambda: "arm64")
+    assert generate.packing_works.__wrapped__(torch.float32) is False
+
+
 @pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bfloat16")
 def test_bfloat16_weights_on_a_cpu_that_has_it(trained_run):
     exact = load_model(trained_run, "cpu", "float32")
