@@ -18,7 +18,7 @@ import torch
 from gptui.core.config import apply_overrides, flops_per_token, preset_config
 from gptui.core.data import BatchSampler
 from gptui.core.device import autocast, bf16_native, pick_dtype, setup_backend
-from gptui.core.generate import Decoder, sample_batch
+from gptui.core.generate import Decoder, prepare_for_inference, sample_batch
 from gptui.core.model import GPT, ModelConfig
 
 
@@ -88,11 +88,11 @@ def train_speed(preset: str, device: str, compiled: bool, steps: int, quick: boo
 
 
 def decode_row(device: str, dtype: str, use_cache: bool, tokens: int, batch: int = 1) -> dict:
-    """The lecture model (random weights, cast once to `dtype`) decoding `tokens` tokens from a 1-token prompt:
+    """The lecture model (random weights, prepared as `gptui generate` prepares a saved one) decoding `tokens` tokens from a 1-token prompt:
     tokens/s and the mean ms per token over the first and the last 50 (flat means no per-length cost)."""
     config = preset_config("lecture")
     torch.manual_seed(0)
-    model = GPT(ModelConfig.from_config(config, 65)).to(device=device, dtype=getattr(torch, dtype)).eval()
+    model = prepare_for_inference(GPT(ModelConfig.from_config(config, 65)), device, dtype)
     decoder = Decoder(model, batch) if use_cache else None
     gen = torch.Generator(device=device).manual_seed(0)
     for _ in sample_batch(model, [0], 8, 1.0, 0, 1.0, gen, use_cache, batch, decoder):  # warm-up, capture
