@@ -490,7 +490,7 @@ def cmd_generate(args, workspace) -> int:
         if run is None:
             raise InputError(f"no trained runs in {store.root}; train one first (gptui train --input NAME)")
 
-    from gptui.core.generate import load_model, stream_samples
+    from gptui.core.generate import DecodeStats, load_model, stream_samples
     from gptui.core.sampling import SamplingSettings, save_transcript, unescape
 
     settings = SamplingSettings(
@@ -505,7 +505,8 @@ def cmd_generate(args, workspace) -> int:
     # the first sample streams as it decodes; the others (decoded in the same batch) follow it
     out.write(_sample_heading(1, n) + prompt)
     out.flush()
-    for k, piece in stream_samples(loaded, prompt, settings, n):
+    stats = DecodeStats()
+    for k, piece in stream_samples(loaded, prompt, settings, n, stats=stats):
         texts[k] += piece
         if k == 0:
             out.write(piece)
@@ -514,6 +515,7 @@ def cmd_generate(args, workspace) -> int:
     for k in range(1, n):
         out.write(_sample_heading(k + 1, n) + prompt + texts[k] + "\n")
     out.flush()
+    print(f"{stats.tokens:,} tokens in {stats.seconds:.2f} s: {stats.describe(loaded)}", file=sys.stderr)
     if args.save:
         body = "\n".join(_sample_heading(k + 1, n) + prompt + text for k, text in enumerate(texts))
         extra = {"dtype": loaded.dtype} | ({"num_samples": str(n)} if n > 1 else {})

@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import platform
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -335,6 +336,21 @@ class _TextAssembler:
         return out
 
 
+@dataclass
+class DecodeStats:
+    """What one stream decoded: tokens over all its samples, and seconds from the prompt's prefill to the last."""
+
+    tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def describe(self, loaded: LoadedModel) -> str:
+        return f"{self.tokens_per_second:,.0f} tok/s ({loaded.dtype}, {loaded.device})"
+
+
 def stream_samples(
     loaded: LoadedModel,
     prompt: str,
@@ -342,9 +358,11 @@ def stream_samples(
     num_samples: int = 1,
     should_stop: Callable[[], bool] | None = None,
     use_cache: bool = True,
+    stats: DecodeStats | None = None,
 ) -> Iterator[tuple[int, str]]:
     """Yield (sample index, piece) while `num_samples` continuations of `prompt` decode together in one batch;
-    each ends at its stop string or after max_new_tokens. The same seed gives the same texts."""
+    each ends at its stop string or after max_new_tokens. The same seed gives the same texts. `stats`, if given,
+    counts the tokens decoded and the time they took as they come."""
     settings.check()
     check_num_samples(num_samples)
     tok = loaded.tokenizer
@@ -355,10 +373,14 @@ def stream_samples(
     generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
     texts = [_TextAssembler(tok, settings.stop) for _ in range(num_samples)]
     decoder = loaded.decoder(num_samples) if use_cache else None
+    stats = stats if stats is not None else DecodeStats()
+    start = time.perf_counter()
     for ids in sample_batch(
         loaded.model, prompt_ids, settings.max_new_tokens, settings.temperature, settings.top_k, settings.top_p,
         generator, use_cache, num_samples, decoder,
     ):
+        stats.tokens += len(ids)
+        stats.seconds = time.perf_counter() - start
         for k, (text, token) in enumerate(zip(texts, ids, strict=True)):
             if not text.done:
                 piece = text.feed(token)
@@ -378,9 +400,10 @@ def stream_text(
     settings: SamplingSettings,
     should_stop: Callable[[], bool] | None = None,
     use_cache: bool = True,
+    stats: DecodeStats | None = None,
 ) -> Iterator[str]:
     """Yield pieces of the continuation of `prompt` as they are produced (whole UTF-8 characters only)."""
-    for _, piece in stream_samples(loaded, prompt, settings, 1, should_stop, use_cache):
+    for _, piece in stream_samples(loaded, prompt, settings, 1, should_stop, use_cache, stats):
         yield piece
 
 

@@ -7,10 +7,12 @@ Each subprocess imports torch (about 2 s), so runs are shared through module-sco
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from support import ENV, assert_one_line_error, gptui, interrupt_training, took_a_step
@@ -135,6 +137,8 @@ def test_generate_same_seed_same_text_and_save(home, trained):
     assert a.stdout == b.stdout
     assert a.stdout.startswith("First Citizen:")
     assert len(a.stdout.rstrip("\n")) >= len("First Citizen:") + 1
+    # the speed on stderr, never mixed into the text
+    assert re.fullmatch(r"20 tokens in \d+\.\d\d s: [\d,]+ tok/s \((float32|bfloat16), cpu\)\n", a.stderr), a.stderr
 
     saved = gptui(home, *args, "--save")
     assert saved.returncode == 0, saved.stderr
@@ -423,7 +427,8 @@ def test_generate_stop_string_is_passed_through(tmp_path, monkeypatch, capsys, r
         seen["stop"] = settings.stop
         yield 0, "ok"
 
-    monkeypatch.setattr(generate, "load_model", lambda run, device="auto", dtype="auto": object())
+    monkeypatch.setattr(generate, "load_model",
+                        lambda run, device="auto", dtype="auto": SimpleNamespace(dtype="float32", device="cpu"))
     monkeypatch.setattr(generate, "stream_samples", fake_stream)
     assert main(["--home", str(tmp_path), "generate", "--run", "run-1", "--stop", raw]) == 0
     assert seen["stop"] == expected

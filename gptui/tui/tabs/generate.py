@@ -234,7 +234,7 @@ class GenerateTab(Vertical):
     def _generate(self, run_id: str, prompt: str, settings: SamplingSettings, dtype: str) -> None:
         worker = get_current_worker()
         try:
-            from gptui.core.generate import load_model, stream_text  # loads torch
+            from gptui.core.generate import DecodeStats, load_model, stream_text  # loads torch
 
             loaded = self._loaded
             if loaded is None or (loaded.run.id, self._loaded_dtype) != (run_id, dtype):
@@ -244,20 +244,18 @@ class GenerateTab(Vertical):
                 self._loaded, self._loaded_dtype = loaded, dtype
             self.post_message(self._Status("generating…"))
             pending: list[str] = []
-            last = start = time.monotonic()
-            count = 0
+            last = time.monotonic()
+            stats = DecodeStats()
             for piece in stream_text(loaded, prompt, settings,
-                                     should_stop=lambda: self._stop.is_set() or worker.is_cancelled):
+                                     should_stop=lambda: self._stop.is_set() or worker.is_cancelled, stats=stats):
                 pending.append(piece)
-                count += 1
                 if time.monotonic() - last >= STREAM_SECONDS:
                     self.post_message(self._Piece("".join(pending)))
                     pending.clear()
                     last = time.monotonic()
             if pending:
                 self.post_message(self._Piece("".join(pending)))
-            speed = f"{count / max(1e-9, time.monotonic() - start):,.0f} tok/s ({loaded.dtype}, {loaded.device})"
-            self.post_message(self._Done(speed=speed))
+            self.post_message(self._Done(speed=stats.describe(loaded)))
         except GptuiError as exc:
             self.post_message(self._Done(error=str(exc)))
         except Exception as exc:  # one line on screen, never a traceback
