@@ -75,7 +75,6 @@ class GenerateTab(Vertical):
         self.run_id: str | None = None
         self.turns: list[Turn] = []
         self.last_settings = SamplingSettings()
-        self.last_speed = ""  # tokens/s and precision of the last reply
         self._loaded: Any = None  # gptui.core.generate.LoadedModel, cached between prompts
         self._loaded_dtype = ""  # the precision asked for when it was loaded
         self._stop = threading.Event()
@@ -152,14 +151,11 @@ class GenerateTab(Vertical):
         if run_id != self.run_id:
             self.run_id = run_id
             self._loaded = None  # loaded again, lazily, on the next prompt
-            self.last_speed = ""
         info = self.runs.get(run_id or "")
         text = "Train a model first (Train tab)." if info is None else (
             f"{human_number(info.params)} params · {info.tokenizer} · {info.steps:,} steps · "
             f"val loss {loss_text(info.best_val_loss)}"
         )
-        if info is not None and self.last_speed:
-            text += f" · last reply {self.last_speed}"
         self.query_one("#gen-run-info", Static).update(text)
 
     # --- sending a prompt --------------------------------------------------------------------------------------
@@ -255,7 +251,7 @@ class GenerateTab(Vertical):
                     last = time.monotonic()
             if pending:
                 self.post_message(self._Piece("".join(pending)))
-            self.post_message(self._Done(speed=stats.describe(loaded)))
+            self.post_message(self._Done(speed=f"{stats.tokens:,} tokens · {stats.describe(loaded)}"))
         except GptuiError as exc:
             self.post_message(self._Done(error=str(exc)))
         except Exception as exc:  # one line on screen, never a traceback
@@ -273,8 +269,9 @@ class GenerateTab(Vertical):
 
     @on(_Done)
     def _done(self, message: _Done) -> None:
-        self.last_speed = message.speed
         self._choose(self.run_id)
+        if message.speed and self.turns and "model-turn" in self.turns[-1].classes:
+            self.turns[-1].border_subtitle = message.speed  # on the reply itself, at any width
         if message.error:
             self.notify(message.error, severity="error", title="Generation failed")
             if self.turns and "model-turn" in self.turns[-1].classes and not self.turns[-1].text:
