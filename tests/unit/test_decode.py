@@ -242,6 +242,14 @@ def test_packing_probe_says_no_when_the_build_cannot_pack(monkeypatch):
     assert generate.packing_works.__wrapped__(torch.float32) is False
 
 
+def test_packing_probe_leaves_the_global_generator_alone():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    generate.packing_works.__wrapped__(torch.float32)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_packing_is_for_x86_cpus_only(monkeypatch):
     monkeypatch.setattr(generate.platform, "machine", lambda: "arm64")
     assert generate.packing_works.__wrapped__(torch.float32) is False
