@@ -7,8 +7,8 @@ Each subprocess imports torch (about 2 s), so runs are shared through module-sco
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
