@@ -115,12 +115,13 @@ class ModelTab(Vertical):
         self.post_message(self.ConfigChanged(self.config, dict(problems), values))
 
     def _show_estimates(self, config: Config | None) -> None:
-        text = "parameters —   memory —   tokens/step —"
+        # short enough to fit beside the preset at 80 columns
+        text = "params — · memory — · tokens/step —"
         if config is not None:
             try:
                 text = (
-                    f"parameters [b]{human_number(estimate_params(config))}[/b]   "
-                    f"memory ≈ [b]{human_bytes(estimate_memory_bytes(config))}[/b]   "
+                    f"params [b]{human_number(estimate_params(config))}[/b] · "
+                    f"memory ≈ [b]{human_bytes(estimate_memory_bytes(config))}[/b] · "
                     f"tokens/step [b]{tokens_per_step(config, self.processes):,}[/b]"
                     + (f" ({self.processes} processes)" if self.processes > 1 else "")
                 )
