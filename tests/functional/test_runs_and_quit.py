@@ -264,3 +264,34 @@ def test_the_runs_table_shows_status_and_date_at_80_columns(home: Path) -> None:
             assert table.get_cell(long_id, "id").plain.strip().startswith("20240105-000000-")
 
     asyncio.run(go())
+
+
+def test_loss_plot_labels_steps_as_whole_numbers() -> None:
+    import re
+
+    from textual.app import App
+
+    from gptui.tui.widgets.loss_plot import step_ticks
+
+    assert step_ticks(2, 120) == [20, 40, 60, 80, 100, 120]
+    assert step_ticks(0, 5000) == [0, 1000, 2000, 3000, 4000, 5000]
+    assert step_ticks(0.5, 7.2) == [2, 4, 6] and step_ticks(3, 3) == [3]
+    assert all(len(step_ticks(0, n)) <= 6 for n in range(1, 3000, 7))
+
+    class One(App):
+        def compose(self):
+            yield LossPlot(id="plot")
+
+    async def go() -> None:
+        app = One()
+        async with app.run_test(size=(80, 20)) as pilot:
+            plot = app.query_one(LossPlot)
+            plot.set_series("val", [2, 40, 80, 120], [5.0, 4.8, 4.6, 4.5])
+            plot.flush()
+            await pilot.pause()
+            plot.plt.plotsize(78, 18)
+            lines = re.sub(r"\x1b\[[0-9;]*m", "", plot.plt.build()).splitlines()
+            axis = lines[lines.index(next(line for line in lines if line.lstrip().startswith("└"))) + 1]
+            assert axis.split() == ["20", "40", "60", "80", "100", "120"]
+
+    asyncio.run(go())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from textual_plotext import PlotextPlot
@@ -17,6 +18,19 @@ def downsample(xs: Sequence[float], ys: Sequence[float], limit: int = MAX_POINTS
         return list(xs), list(ys)
     idx = [round(i * (n - 1) / (limit - 1)) for i in range(limit)]
     return [xs[i] for i in idx], [ys[i] for i in idx]
+
+
+def step_ticks(low: float, high: float, most: int = 6) -> list[int]:
+    """Whole steps for the x axis: multiples of 1, 2 or 5 times a power of ten, at most `most` of them, within
+    [low, high] (plotext's own ticks split the range evenly and print steps as 31.5)."""
+    low, high = math.ceil(low), math.floor(high)
+    if high <= low:
+        return [low]
+    span = high - low
+    spacing = next(m * 10 ** e for e in range(int(math.log10(span)) + 1) for m in (1, 2, 5)
+                   if span // (m * 10 ** e) + 1 <= most)
+    first = -(-low // spacing) * spacing
+    return list(range(first, high + 1, spacing))
 
 
 class LossPlot(PlotextPlot):
@@ -71,13 +85,15 @@ class LossPlot(PlotextPlot):
         plt.clear_figure()
         plt.title(self.title)
         plt.xlabel("step")
-        drawn = False
+        drawn = [xs for xs, _ in self.series.values() if xs]
         for name, (xs, ys) in self.series.items():
             if xs:
                 dx, dy = downsample(xs, ys)
                 plt.plot(dx, dy, label=name, marker="braille")
-                drawn = True
-        if not drawn:
+        if drawn:
+            ticks = step_ticks(min(min(xs) for xs in drawn), max(max(xs) for xs in drawn))
+            plt.xticks(ticks, [f"{t:,}" for t in ticks])
+        else:
             plt.xlim(0, 1)
             plt.ylim(0, 1)
         self.refresh()
