@@ -133,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gptui: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`gptui generate | head`): stop quietly, as Unix tools do on SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the final flush cannot fail too
+        return 128 + 13
     except PermissionError as exc:
         if args.debug:
             raise

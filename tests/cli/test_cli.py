@@ -15,7 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from support import ENV, assert_one_line_error, gptui, interrupt_training, took_a_step
+from support import ENV, assert_one_line_error, gptui, gptui_background, interrupt_training, took_a_step
 
 TINY_SETS: list[str] = []
 
@@ -396,6 +396,20 @@ def test_resume_with_bad_set_exits_2(home, trained, value):
     result = gptui(home, "train", "--resume", summary["run"], "--set", f"max_iters={value}")
     line = assert_one_line_error(result, 2, "max_iters")
     assert "ConfigError" not in line
+
+
+def test_generate_into_a_closed_pipe_stops_quietly(home, trained):
+    """`gptui generate | head -c 5`: once the reader has gone, gptui stops with SIGPIPE's status and says nothing."""
+    _, summary = trained
+    proc = gptui_background(home, "generate", "--run", summary["run"], "--prompt", "First", "--max-new-tokens",
+                            "100000", "--seed", "1")
+    assert proc.stdout.read(5) == "First"
+    proc.stdout.close()
+    try:
+        assert proc.wait(timeout=60) == 141
+    finally:
+        proc.kill()
+    assert proc.stderr.read() == ""
 
 
 def test_generate_non_utf8_prompt_exits_2(home, trained):
