@@ -209,7 +209,8 @@ def plain_copy(loaded) -> GPT:
 
 @pytest.mark.skipif(not generate.packing_works(torch.float32), reason="this torch build cannot pack for oneDNN")
 @torch.no_grad()
-def test_loaded_model_packs_its_linear_layers_and_keeps_float32_logits(trained_run):
+def test_loaded_model_packs_its_linear_layers_and_keeps_float32_logits(trained_run, monkeypatch):
+    monkeypatch.setattr(generate, "PACK_FLOAT32_FROM", 0)  # this small model's layers all packed
     loaded = load_model(trained_run, "cpu")
     model, plain = loaded.model, plain_copy(loaded)
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
@@ -223,6 +224,25 @@ def test_loaded_model_packs_its_linear_layers_and_keeps_float32_logits(trained_r
         torch.testing.assert_close(packed_decoder.step(step), plain_decoder.step(step), atol=1e-5, rtol=1e-5)
     greedy = [list(sample_ids(m, ids[0].tolist(), 30, temperature=0)) for m in (model, plain)]
     assert greedy[0] == greedy[1]
+
+
+@pytest.mark.skipif(not generate.packing_works(torch.float32), reason="this torch build cannot pack for oneDNN")
+def test_only_the_layers_packing_speeds_up_are_packed(monkeypatch):
+    """float32 from the caches: the matrices of PACK_FLOAT32_FROM weights or more (smaller ones are faster plain);
+    float32 streamed from memory (more than CACHED_BYTES of matrices), and bfloat16: all of them."""
+
+    def packed(dtype: str) -> set[str]:
+        model = generate.prepare_for_inference(make_model(n_embd=320, n_head=4), "cpu", dtype)
+        return {name for name, m in model.named_modules() if isinstance(m, generate.PackedLinear)}
+
+    every = {f"transformer.h.{i}.{m}" for i in (0, 1) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc",
+                                                                 "mlp.c_proj")} | {"lm_head"}
+    # 307K, 410K and 410K weights packed; c_proj 102K and the head 16K not (4.9 MB of matrices in all)
+    assert packed("float32") == {name for name in every if name.endswith(("c_attn", "c_fc", "mlp.c_proj"))}
+    if generate.packing_works(torch.bfloat16):
+        assert packed("bfloat16") == every
+    monkeypatch.setattr(generate, "CACHED_BYTES", 1_000_000)
+    assert packed("float32") == every
 
 
 def test_without_packing_the_loaded_model_keeps_plain_linear_layers(trained_run, monkeypatch):
