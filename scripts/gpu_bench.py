@@ -88,8 +88,9 @@ def train_speed(preset: str, device: str, compiled: bool, steps: int, quick: boo
 
 
 def decode_row(device: str, dtype: str, use_cache: bool, tokens: int, batch: int = 1) -> dict:
-    """The lecture model (random weights, prepared as `gptui generate` prepares a saved one) decoding `tokens` tokens from a 1-token prompt:
-    tokens/s and the mean ms per token over the first and the last 50 (flat means no per-length cost)."""
+    """The lecture model (random weights, prepared as `gptui generate` prepares a saved one) decoding `tokens`
+    tokens from a 1-token prompt: tokens/s and the mean ms per token over the first and the last 50 (flat means
+    no per-length cost)."""
     config = preset_config("lecture")
     torch.manual_seed(0)
     model = prepare_for_inference(GPT(ModelConfig.from_config(config, 65)), device, dtype)

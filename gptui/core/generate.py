@@ -176,8 +176,9 @@ def prepare_for_inference(model: GPT, device: str, dtype: str) -> GPT:
     linears = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
                if isinstance(child, nn.Linear)]
     streamed = sum(c.weight.numel() * c.weight.element_size() for _, _, c in linears) > CACHED_BYTES
+    pack_all = streamed or model.dtype == torch.bfloat16
     for parent, name, child in linears:
-        if model.dtype == torch.bfloat16 or streamed or child.weight.numel() >= PACK_FLOAT32_FROM:
+        if pack_all or child.weight.numel() >= PACK_FLOAT32_FROM:
             setattr(parent, name, PackedLinear(child))
     return model
 

@@ -270,12 +270,13 @@ class GenerateTab(Vertical):
     @on(_Done)
     def _done(self, message: _Done) -> None:
         self._choose(self.run_id)
-        if message.speed and self.turns and "model-turn" in self.turns[-1].classes:
-            self.turns[-1].border_subtitle = message.speed  # on the reply itself, at any width
+        reply = self.turns[-1] if self.turns and "model-turn" in self.turns[-1].classes else None
+        if message.speed and reply is not None:
+            reply.border_subtitle = message.speed  # on the reply itself, at any width
         if message.error:
             self.notify(message.error, severity="error", title="Generation failed")
-            if self.turns and "model-turn" in self.turns[-1].classes and not self.turns[-1].text:
-                self.turns[-1].append(f"({message.error})")
+            if reply is not None and not reply.text:
+                reply.append(f"({message.error})")
         elif self.turns and not self.turns[-1].text:
             self.turns[-1].append("(no text: the stop string came first)")
 

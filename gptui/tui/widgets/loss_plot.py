@@ -85,13 +85,13 @@ class LossPlot(PlotextPlot):
         plt.clear_figure()
         plt.title(self.title)
         plt.xlabel("step")
-        drawn = [xs for xs, _ in self.series.values() if xs]
-        for name, (xs, ys) in self.series.items():
-            if xs:
-                dx, dy = downsample(xs, ys)
-                plt.plot(dx, dy, label=name, marker="braille")
+        drawn = {name: (xs, ys) for name, (xs, ys) in self.series.items() if xs}
+        for name, (xs, ys) in drawn.items():
+            dx, dy = downsample(xs, ys)
+            plt.plot(dx, dy, label=name, marker="braille")
         if drawn:
-            ticks = step_ticks(min(min(xs) for xs in drawn), max(max(xs) for xs in drawn))
+            steps = [x for xs, _ in drawn.values() for x in xs]
+            ticks = step_ticks(min(steps), max(steps))
             plt.xticks(ticks, [f"{t:,}" for t in ticks])
         else:
             plt.xlim(0, 1)
