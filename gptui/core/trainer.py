@@ -497,10 +497,12 @@ class TrainJob:
                 t_state = time.time()
 
         last_eval_step = step if math.isfinite(best) else -1  # a resumed run that was never evaluated: not yet
-        early_stop = stop = out_of_time = False
+        early_stop = False
+        stop, out_of_time = dist.any_true(self.stopping, deadline is not None and time.time() >= deadline)
         model.train()
         while step < config.max_iters:
-            stop, out_of_time, report_due, checkpoint_due = agree()
+            if dist.world_size == 1:  # a stop asked for while the last step was reported (ranks agree after a step)
+                stop = stop or self.stopping
             if stop or out_of_time:
                 break
             lr = lr_at(step, config)
@@ -533,9 +535,11 @@ class TrainJob:
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            # decided after the step, so the step that made a report due is in it, and the first one is reported
+            stop, out_of_time, report_due, checkpoint_due = agree()
 
             last = step == config.max_iters or step % config.eval_interval == 0
-            if report_due or last:
+            if report_due or last or step == start_step + 1:
                 report(lr)
 
             if last:
@@ -547,7 +551,7 @@ class TrainJob:
                     break
             elif checkpoint_due:
                 save("running")
-            if config.sample_interval and step % config.sample_interval == 0 and dist.is_main:
+            if config.sample_interval and step % config.sample_interval == 0 and dist.is_main and not stop:
                 # only the run's owner samples: the others would throw their text away
                 t_sample = time.perf_counter()
                 text = data.tokenizer.decode(sampler.sample(step))

@@ -514,3 +514,32 @@ def test_lr_used_by_the_trainer_follows_the_schedule(workspace, corpus, tiny_con
     for step in only(events, ev.Step):
         # the reported lr is the one of the last step taken (step - 1, counting from 0)
         assert step.lr == pytest.approx(lr_at(step.step - 1, tiny_config))
+
+
+def test_the_first_step_is_reported_and_a_report_follows_its_step(workspace, corpus, tiny_config, monkeypatch):
+    """A report is decided after the step that made it due: the first step of a run is always reported, and a step
+    slow enough to make a report due is in that report, not the next one."""
+    from gptui.core import trainer
+
+    monkeypatch.setattr(trainer, "REPORT_SECONDS", 1e9)  # only the first step and the evaluations report
+    config = dataclasses.replace(tiny_config, max_iters=20, eval_interval=10, sample_interval=0)
+    _, finished, events = train(workspace, config)
+    assert [e.step for e in only(events, ev.Step)] == [1, 10, 20]
+
+    clock = {"now": 0.0}
+    draws: list = []
+    monkeypatch.setattr(trainer, "REPORT_SECONDS", 5.0)
+    real_next = trainer.BatchSampler.next
+
+    def slow_step(self):  # the batch of step 4 takes "10 s": its report is due right after it, not after step 5
+        draws.append(1)
+        if len(draws) == 4:
+            clock["now"] += 10.0
+        return real_next(self)
+
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(trainer.BatchSampler, "next", slow_step)
+    steps: list = []
+    config = dataclasses.replace(tiny_config, max_iters=8, eval_interval=8, sample_interval=0)
+    TrainJob(workspace, "tiny", config, on_event=lambda e: isinstance(e, ev.Step) and steps.append(e.step)).run()
+    assert steps == [1, 4, 8]
