@@ -173,3 +173,30 @@ def test_an_unseeded_generation_leaves_the_global_generators_alone(trained_run):
     texts = {generate_text(loaded, "All:", SamplingSettings(max_new_tokens=30, temperature=1.0)) for _ in range(3)}
     assert torch.equal(torch.get_rng_state(), state)
     assert len(texts) > 1, "unseeded generations still differ"
+
+
+def test_batches_are_contiguous_halves_of_one_buffer():
+    """A strided view (the old rows[:, :-1]) is copied to the GPU through a pageable temporary, whatever was
+    pinned: non_blocking then overlaps nothing. (tests/device checks the buffer is pinned on CUDA.)"""
+    import numpy as np
+
+    from gptui.core.data import BatchSampler
+
+    data = np.arange(1000, dtype=np.uint16)
+    x, y = BatchSampler(data, block_size=8, batch_size=4, seed=0).next()
+    assert x.is_contiguous() and y.is_contiguous() and x.dtype == y.dtype == torch.long
+    assert x.untyped_storage().data_ptr() == y.untyped_storage().data_ptr(), "one buffer, one pinned copy"
+    assert x.shape == y.shape == (4, 8) and torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)
+    again, _ = BatchSampler(data, block_size=8, batch_size=4, seed=0).next()
+    assert torch.equal(x, again)
+
+
+@pytest.mark.parametrize("card,ampere,expected", [("T4", False, "float16"), ("A100", True, "bfloat16")])
+def test_auto_precision_trains_pre_ampere_cards_in_float16(monkeypatch, card, ampere, expected):
+    """torch.cuda.is_bf16_supported() answers True on a T4 or V100 (bf16 emulated, far slower than float16 with
+    a GradScaler) unless asked about native support only."""
+    from gptui.core import device as dev
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: ampere or including_emulation)
+    assert dev.pick_dtype("auto", "cuda") == expected
+    assert dev.pick_inference_dtype("auto", "cuda") == ("bfloat16" if ampere else "float32")
