@@ -12,11 +12,11 @@ from dataclasses import asdict
 
 import pytest
 import torch
+from host_sync import HostSyncRecorder, counting_host_reads
 
 from gptui.core.config import preset_config
 from gptui.core.generate import Decoder, packing_works, prepare_for_inference, sample_batch
 from gptui.core.model import GPT, ModelConfig
-from tests.host_sync import HostSyncRecorder, counting_host_reads
 
 OPTIONS = dict(
     pos_embedding=("learned", "rope"),
