@@ -258,16 +258,16 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
 
 def _pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
           generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The next token of each sequence (batch,), sampled on the device (no host sync), and whether the logits
-    (and the probabilities drawn from) were all finite: a 0-d bool the caller reads with the tokens."""
+    """The next token of each sequence (batch,), sampled on the device (no host sync), and whether what it was
+    drawn from was finite (a 0-d bool, read back with the tokens): a nan or +inf logit, or logits / temperature
+    overflowing, turns the softmax to nan."""
     logits = logits.float()
-    finite = torch.isfinite(logits).all()
     if temperature == 0:
-        return logits.argmax(-1), finite
+        return logits.argmax(-1), torch.isfinite(logits).all()
     probs = F.softmax(_filter_logits(logits / temperature, top_k, top_p), dim=-1)
-    finite = finite & torch.isfinite(probs).all()
+    finite = torch.isfinite(probs).all()
     # multinomial checks its input with a device-side assert, and on CUDA a failed one poisons the context for the
-    # whole process: rows that would trip it draw from equal weights, and the caller refuses the step
+    # whole process: a step that would trip it draws from equal weights instead, and the caller refuses it
     probs = torch.where(finite, probs, 1.0)
     return torch.multinomial(probs, 1, generator=generator).view(-1), finite
 
