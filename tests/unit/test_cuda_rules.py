@@ -200,3 +200,18 @@ def test_auto_precision_trains_pre_ampere_cards_in_float16(monkeypatch, card, am
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: ampere or including_emulation)
     assert dev.pick_dtype("auto", "cuda") == expected
     assert dev.pick_inference_dtype("auto", "cuda") == ("bfloat16" if ampere else "float32")
+
+
+def test_gptui_generate_from_diverged_weights_fails_with_one_line(run_copy, workspace, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from gptui.cli import main
+
+    path = run_copy.file("model.safetensors")
+    weights = load_file(str(path))
+    weights["lm_head.weight"] = torch.full_like(weights["lm_head.weight"], float("nan"))
+    save_file(weights, str(path))
+    code = main(["--home", str(workspace.home), "generate", "--run", run_copy.id, "--prompt", "All:",
+                 "--device", "cpu", "--max-new-tokens", "5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "not finite" in err[0], err
