@@ -272,13 +272,14 @@ class BatchSampler:
     """
 
     def __init__(self, data: np.ndarray, block_size: int, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, pin_memory: bool = False):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in a world of {world_size}")
         self.data = data
         self.block_size = block_size
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
+        self.pin_memory = pin_memory
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self._window = np.arange(block_size + 1)
 
@@ -293,8 +294,13 @@ class BatchSampler:
             drawn = self._draw()
             if r == self.rank:
                 starts = drawn
-        chunk = torch.from_numpy(self.data[starts[:, None] + self._window].astype(np.int64))
-        return chunk[:, :-1], chunk[:, 1:]
+        rows = self.data[starts[:, None] + self._window]
+        # x and y are the two contiguous halves of one buffer, pinned for a CUDA copy when asked: a strided view
+        # (rows[:, :-1]) would be copied through a pageable temporary, and non_blocking would overlap nothing
+        pair = torch.empty((2, self.batch_size, self.block_size), dtype=torch.long, pin_memory=self.pin_memory)
+        both = pair.numpy()
+        both[0], both[1] = rows[:, :-1], rows[:, 1:]
+        return pair[0], pair[1]
 
     def skip(self) -> None:
         """Draw the next global batch without gathering it (another rank evaluates it)."""

@@ -51,7 +51,9 @@ def cpu_has_bf16() -> bool:
 def bf16_native(device: str) -> bool:
     """Whether the device computes bfloat16 natively (CUDA with bf16; CPUs with AVX512-BF16 or AMX)."""
     if device == "cuda":
-        return torch.cuda.is_bf16_supported()
+        # without including_emulation=False, pre-Ampere cards (T4, V100) answer True and run bf16 emulated, far
+        # slower than float16 with a GradScaler
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     return device == "cpu" and cpu_has_bf16()
 
 

@@ -9,6 +9,7 @@ The only host sync per token is reading the sampled ids back.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import functools
 import json
 import logging
@@ -23,7 +24,7 @@ from torch.nn import functional as F
 
 from gptui.core.config import config_from_dict
 from gptui.core.device import pick_device, pick_inference_dtype
-from gptui.core.errors import DamagedRun, InputError
+from gptui.core.errors import DamagedRun, GptuiError, InputError
 from gptui.core.model import GPT, ModelConfig
 from gptui.core.runs import TOKENIZER, WEIGHTS, Run, check_run
 from gptui.core.sampling import SamplingSettings, check_num_samples
@@ -90,10 +91,7 @@ class Decoder:
                     self.model.decode(self.idx, self.cache)
                     self.cache.position.fill_(position)
             torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.logits = self.model.decode(self.idx, self.cache)
-            self.graph = graph
+            self.graph, self.logits = capture_graph(lambda: self.model.decode(self.idx, self.cache))
         except Exception as exc:
             self.graph, self.logits, self.use_graph = None, None, False
             _graph_failure = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
@@ -101,6 +99,43 @@ class Decoder:
             (self.on_notice or log.warning)(notice)
         finally:
             self.cache.position.fill_(position)
+
+
+def capture_graph(step: Callable[[], torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """`step` captured as a CUDA graph, and the tensor it returns (the graph's output buffer).
+
+    Written out rather than through `torch.cuda.graph`, whose exit ends the capture first: when the body failed,
+    ending it raises again ("operation failed due to a previous error during capture"), that error replaces the
+    body's, and the thread is left on the capture stream with the caching allocator still routing to the graph's
+    pool (later out-of-memory paths then skip freeing the cache). Here a failure raises the body's own error with
+    the thread back on its stream and the routing ended. The capture is "thread_local": the TUI trains in another
+    thread, and the global mode fails on that thread's allocations."""
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    pool = torch.cuda.graph_pool_handle()  # ours, so the routing can be ended whatever capture_end did
+    with torch.cuda.stream(torch.cuda.Stream()):  # restores the thread's stream on the way out, whatever failed
+        graph.capture_begin(pool, capture_error_mode="thread_local")
+        try:
+            out = step()
+        except BaseException:
+            with contextlib.suppress(Exception):  # ends the stream's capture; its error follows from the body's
+                graph.capture_end()
+            _end_routing(pool)
+            raise
+        try:
+            graph.capture_end()
+        except BaseException:
+            _end_routing(pool)
+            raise
+    return graph, out
+
+
+def _end_routing(pool) -> None:
+    """After a failed capture: stop the caching allocator routing this thread's allocations to `pool`, unless
+    capture_end got that far ("not currently recording to mempool_id"). The pool's few blocks stay reserved:
+    releasing them here could release them twice (the graph's destructor releases a pool whose capture ended)."""
+    with contextlib.suppress(Exception):
+        torch._C._cuda_endAllocateToPool(torch.cuda.current_device(), pool)
 
 
 @dataclass
@@ -222,13 +257,23 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
-          generator: torch.Generator | None) -> torch.Tensor:
-    """The next token of each sequence (batch,), sampled on the device (no host sync)."""
+          generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next token of each sequence (batch,), sampled on the device (no host sync), and whether what it was
+    drawn from was finite (a 0-d bool, read back with the tokens): a nan or +inf logit, or logits / temperature
+    overflowing, turns the softmax to nan."""
     logits = logits.float()
     if temperature == 0:
-        return logits.argmax(-1)
+        return logits.argmax(-1), torch.isfinite(logits).all()
     probs = F.softmax(_filter_logits(logits / temperature, top_k, top_p), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).view(-1)
+    finite = torch.isfinite(probs).all()
+    # multinomial checks its input with a device-side assert, and on CUDA a failed one poisons the context for the
+    # whole process: a step that would trip it draws from equal weights instead, and the caller refuses it
+    probs = torch.where(finite, probs, 1.0)
+    return torch.multinomial(probs, 1, generator=generator).view(-1), finite
+
+
+class NonFiniteLogits(GptuiError):
+    """The model's logits hold a nan or an infinity (diverged weights, or an overflow): nothing to sample from."""
 
 
 @torch.no_grad()
@@ -262,10 +307,14 @@ def sample_batch(
     else:
         logits = model(history[:, max(0, n - block) : n])[0][:, -1]
     for i in range(max_new_tokens):
-        nxt = _pick(logits, temperature, top_k, top_p, generator)
+        nxt, finite = _pick(logits, temperature, top_k, top_p, generator)
         history[:, n] = nxt
         n += 1
-        yield nxt.tolist()  # the one host sync per token
+        *ids, ok = torch.cat((nxt, finite.view(1))).tolist()  # the one host sync per token
+        if not ok:
+            raise NonFiniteLogits("the model's next-token scores are not finite (nan or inf): its weights may have "
+                                  "diverged, or this precision overflows")
+        yield ids
         if i + 1 == max_new_tokens:
             return
         if not use_cache:
@@ -383,7 +432,10 @@ def stream_samples(
     if not prompt_ids:
         prompt_ids = tok.encode("\n") if _encodable(tok, "\n") else [0]
     generator = torch.Generator(device=loaded.device)
-    generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
+    if settings.seed is None:
+        generator.seed()  # a fresh seed for this generator only: torch.seed() would reseed the global ones too
+    else:
+        generator.manual_seed(settings.seed)
     texts = [_TextAssembler(tok, settings.stop) for _ in range(num_samples)]
     decoder = loaded.decoder(num_samples) if use_cache else None
     stats = stats if stats is not None else DecodeStats()

@@ -81,12 +81,17 @@ class Rotary(nn.Module):
         self.register_buffer("sin", angles.sin(), persistent=False)
 
     def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin at `positions` (a range for a sequence, or a 0-d tensor for one decode step)."""
-        return self.cos[positions], self.sin[positions]
+        """cos and sin at `positions` (a range for a sequence, or a decode step's 0-d position): (T, D/2).
+
+        index_select, because indexing with a 0-d tensor (`cos[position]`) reads the position back to the host
+        (`.item()`), which breaks the decode step's CUDA graph capture."""
+        positions = positions.view(-1)
+        return self.cos.index_select(0, positions), self.sin.index_select(0, positions)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, H, T, D) by angles (T, D/2) (or (D/2,)): the first half of the channels pairs with the second."""
+    """Rotate (B, H, T, D) (or a decode step's (B, H, D)) by angles (T, D/2): the first half of the channels
+    pairs with the second."""
     x1, x2 = x.chunk(2, dim=-1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)

@@ -368,8 +368,9 @@ class TrainJob:
                                               config.optimizer, config.muon_lr, config.muon_momentum)
         scaler = torch.amp.GradScaler(device, enabled=dtype == "float16")
         dist = self.dist
+        # pinned host memory lets the copy to the GPU overlap the previous step's kernels
         train_batches = BatchSampler(data.train, config.block_size, config.batch_size, config.seed,
-                                     rank=dist.rank, world_size=dist.world_size)
+                                     rank=dist.rank, world_size=dist.world_size, pin_memory=device == "cuda")
         if dist.world_size > 1:
             torch.manual_seed(config.seed + dist.rank)  # one initialisation for all; dropout differs by rank
         step, best, bad_evals, elapsed_before = 0, math.inf, 0, 0.0
@@ -389,6 +390,9 @@ class TrainJob:
                 torch.set_rng_state(checkpoint["rank_rng"][dist.rank])
             elif dist.rank == 0:
                 torch.set_rng_state(checkpoint["torch_rng"])
+            cuda_rng = checkpoint.get("cuda_rng") if device == "cuda" else None
+            if cuda_rng and (saved_world == dist.world_size or dist.rank == 0):  # dropout on CUDA draws from these
+                torch.cuda.set_rng_state(cuda_rng[dist.rank if saved_world == dist.world_size else 0])
             if saved_world != dist.world_size:
                 run.update_config(world_size=dist.world_size)
             run.truncate_metrics(step)
@@ -434,12 +438,15 @@ class TrainJob:
         def save(status: str) -> None:
             nonlocal t_checkpoint
             rank_rng = dist.gather(torch.get_rng_state())  # each rank's dropout stream, for an exact resume
+            cuda_rng = dist.gather(torch.cuda.get_rng_state()) if device == "cuda" else None
             state = {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "best_val_loss": best, "best_val_bpb": best_bpb, "bad_evals": bad_evals, "elapsed": elapsed(),
                 "batch_rng": train_batches.state(), "torch_rng": torch.get_rng_state(),
                 "world_size": dist.world_size,
             }
+            if cuda_rng is not None:
+                state["cuda_rng"] = cuda_rng
             if dist.world_size > 1:
                 state["rank_rng"] = rank_rng
             # model.safetensors holds evaluated weights only (written by evaluate(); a stop evaluates first)
@@ -510,8 +517,6 @@ class TrainJob:
                 group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's groups run at muon_lr on the same schedule
             for micro in range(config.grad_accum):
                 x, y = train_batches.next()
-                if device == "cuda":  # pinned host memory lets the copy overlap the previous step's kernels
-                    x, y = x.pin_memory(), y.pin_memory()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 # gradients are averaged over the ranks once a step, on the last micro-step
                 with dist.no_sync(ddp) if micro < config.grad_accum - 1 else contextlib.nullcontext():

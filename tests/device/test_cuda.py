@@ -61,3 +61,40 @@ def test_compiled_training_on_cuda(small_workspace, small_config):
     result = TrainJob(small_workspace, "tiny", config,
                       on_event=lambda e: logs.append(e) if isinstance(e, ev.Log) else None).run()
     assert result.status == "completed"
+
+
+def test_training_batches_for_cuda_are_pinned_and_contiguous():
+    """A pinned strided view would be copied through a pageable temporary: non_blocking would overlap nothing."""
+    import numpy as np
+
+    from gptui.core.data import BatchSampler
+
+    x, y = BatchSampler(np.arange(1000, dtype=np.uint16), 8, 4, 0, pin_memory=True).next()
+    assert x.is_pinned() and y.is_pinned() and x.is_contiguous() and y.is_contiguous()
+    assert torch.equal(x.to("cuda", non_blocking=True)[:, 1:].cpu(), y[:, :-1])
+
+
+def test_a_resume_with_dropout_on_cuda_continues_the_cuda_random_stream(small_workspace, small_config):
+    """Dropout on CUDA draws from the CUDA generator: a resumed run starts from the state the stopped one had
+    (the uninterrupted run's state at that step), not from a fresh seed."""
+    config = dataclasses.replace(small_config, device="cuda", dtype="float32", dropout=0.2)
+    at_step: dict = {}
+
+    def record(name):
+        def on_event(e):
+            if isinstance(e, ev.Eval) and e.step == 6:
+                at_step[name] = torch.cuda.get_rng_state()
+                if name == "parted":
+                    job.stop()
+            elif isinstance(e, ev.Started) and e.start_step == 6:
+                at_step["resumed"] = torch.cuda.get_rng_state()
+        return on_event
+
+    whole = TrainJob(small_workspace, "tiny", config, name="whole", on_event=record("whole")).run()
+    job = TrainJob(small_workspace, "tiny", config, name="parted", on_event=record("parted"))
+    stopped = job.run()
+    assert stopped.status == "stopped" and stopped.step == 6
+    resumed = TrainJob(small_workspace, None, None, resume=stopped.run_id, on_event=record("resumed")).run()
+    assert resumed.status == "completed" and resumed.step == whole.step
+    assert torch.equal(at_step["resumed"], at_step["whole"])
+    assert resumed.best_val_loss == pytest.approx(whole.best_val_loss, rel=1e-3)
