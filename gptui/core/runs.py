@@ -443,6 +443,12 @@ def weights_problem(run: Run, settings: Any, vocab: int, params: int) -> str | N
     return None
 
 
+def resume_mends(run: Run) -> bool:
+    """Whether resuming this damaged run would mend it: only state.json or the weights are damaged, and a
+    checkpoint to rebuild them from is there (the resume still checks that checkpoint before it trusts it)."""
+    return run.file(CHECKPOINT).is_file() and check_files(run, rebuildable=False) is None
+
+
 def require_sound(run: Run) -> None:
     """Raise DamagedRun (exit 1) naming the damage, in the words every command uses."""
     problem = check_run(run)
