@@ -456,7 +456,7 @@ class ConsoleProgress:
         elif isinstance(e, ev.Sample):
             self.message(f"--- sample at step {e.step} ---\n{e.text.strip()}\n---")
         elif isinstance(e, ev.Log) and e.line.startswith(("tokenizer", "data:", "torch.compile", "resum",
-                                                          "fine-tuning")):
+                                                          "fine-tuning", "repaired")):
             self.message(e.line)
         elif isinstance(e, ev.Finished) and e.status != "failed":  # failures are main()'s one line
             self.message(f"{e.status}: {e.reason}")

@@ -24,7 +24,7 @@ from typing import Any
 from gptui.core.errors import InputError, RunBusy
 
 CLAIM = ".claim"
-RETRY_SECONDS = 0.3  # how long a claim waits out a brief look (`claimed`) by another process before refusing
+RETRY_SECONDS = 0.3  # how long a claim waits out a lock held by no one named (a look by `claimed`)
 
 
 class RunClaim:
@@ -69,11 +69,14 @@ def claim_run(folder: Path, run_id: str | None = None) -> RunClaim:
             os.close(fd)
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            if time.monotonic() < deadline:
-                time.sleep(0.02)
+            holder = read_holder(folder)
+            # a claimer names itself right after locking; a lock held by nobody named is a brief look by
+            # `claimed` (or a claimer about to name itself), worth waiting out
+            if (holder is None or not _alive_here(holder)) and time.monotonic() < deadline:
+                time.sleep(0.01)
                 continue
             raise RunBusy(f"run {run_id or folder.name} is already training in another process"
-                          f"{_holder_text(read_holder(folder))}") from None
+                          f"{_holder_text(holder)}") from None
         # the file may have been replaced (deleted by hand) between open and lock: the lock must be on the one
         # that is there now, or a second claimer could lock the new file
         try:

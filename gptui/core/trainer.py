@@ -226,10 +226,10 @@ class TrainJob:
             self._corpus_name = corpus.name
             checkpoint = self._load_checkpoint(run)
             vocab = tokenizer_vocab_size(run.file(TOKENIZER))
-            problem = checkpoint_problem(checkpoint, config, vocab)
-            if problem:
-                raise DamagedRun(f"run {run.id} is damaged: {problem}")
             rebuild = check_files(run)  # state.json or the weights, rebuilt from the checkpoint below
+            problem = checkpoint_problem(checkpoint, config, vocab)
+            if problem:  # nothing to rebuild from; what generate and export say of the run comes first
+                raise DamagedRun(f"run {run.id} is damaged: {rebuild or problem}")
             self._refuse_spent_budget(run, config, checkpoint)
             self.run_dir = run
             self.log(f"resuming run {run.id} at step {checkpoint['step']}")
@@ -354,7 +354,7 @@ class TrainJob:
             run.write_state(status="stopped", step=int(checkpoint["step"]),
                             best_val_loss=_finite(float(checkpoint["best_val_loss"])),
                             best_val_bpb=checkpoint.get("best_val_bpb"), duration=round(float(checkpoint["elapsed"]), 1))
-            self.log(f"state.json was unreadable; rebuilt from checkpoint.pt (step {checkpoint['step']})")
+            self.log(f"repaired: state.json was unreadable; rebuilt from checkpoint.pt (step {checkpoint['step']})")
         if check_files(run) is None:
             return
         model = GPT(ModelConfig.from_config(config, vocab))
@@ -364,7 +364,8 @@ class TrainJob:
         best = [m for m in run.metrics() if m.get("type") == "eval" and m.get("best") and m["step"] <= step]
         which = ("the best weights" if best and best[-1]["step"] == step
                  else "the latest weights, not necessarily the best: the next evaluation replaces them if worse")
-        self.log(f"model.safetensors was damaged ({problem}); rebuilt from checkpoint.pt: step {step}, {which}")
+        self.log(f"repaired: model.safetensors was damaged ({problem}); rebuilt from checkpoint.pt: step {step}, "
+                 f"{which}")
         problem = check_files(run)
         if problem:
             raise DamagedRun(f"run {run.id} is damaged: {problem}")
