@@ -69,7 +69,7 @@ class Setting:
                     value = math.nan
                 if value.is_integer():
                     return int(value)
-                if math.isinf(value):  # "1e999": a number, too large for any range
+                if math.isinf(value) and _FINITE_LOOKING.fullmatch(text):  # "1e999": a number past any range
                     raise ValueError(f"{self.name} must be {self.range_words}, not {_echo(raw)}") from None
                 raise ValueError(f"{self.name} must be a whole number, not {_echo(raw)}") from None
         if self.type is float:
