@@ -23,7 +23,8 @@ from gptui.core.sampling import INFERENCE_DTYPES
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, as the contract says
         # a value thousands of characters long is shown by its start and its length, so the line stays a line
-        message = re.sub(r"'([^'\n]{40})[^'\n]+'", lambda m: f"'{m.group(1)}…' ({len(m.group(0)) - 2:,} characters)",
+        message = re.sub(r"'([^'\n]{40})[^'\n]+'",
+                         lambda m: f"'{m.group(1)}…' ({len(m.group(0)) - 2:,} characters)",
                          " ".join(message.split()))
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
@@ -46,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune: a new run on --input starting from RUN's best weights and tokenizer (its model "
                         "shape is kept; other settings are RUN's unless --preset or --set give them)")
     t.add_argument("--max-minutes", type=float,
-                   help="stop after this many minutes of training (with --resume: this many more minutes; without "
-                        "it, a resume keeps the run's own budget, counted over the run's whole time)")
+                   help="stop after this many minutes of training (with --resume: this many more minutes; "
+                        "without it, a resume keeps the run's own budget, counted over the run's whole time)")
     t.add_argument("--replace-errors", action="store_true", help="replace bytes that are not UTF-8")
     d = t.add_argument_group("several processes (torchrun, DistributedDataParallel)")
     d.add_argument("--nproc-per-node", type=int, metavar="N",
@@ -295,7 +296,7 @@ def _launch(args, workspace, config, overrides) -> int:
     workspace.ensure()
     if args.resume:
         run = RunStore(workspace).resolve(args.resume)
-        with claim_run(run.path, run.id):  # refused here in one line when it trains; rank 0 claims it for good
+        with claim_run(run.path, run.id):  # refused here in one line when it trains; rank 0 claims it to keep
             problem = check_files(run, rebuildable=False)
         if problem:
             raise DamagedRun(f"run {run.id} is damaged: {problem}")

@@ -1,10 +1,11 @@
 """One writer per run: an exclusive claim on a run folder, taken atomically before anything is written to it.
 
 The claim is an `flock` on the run's `.claim` file. Taking it is one system call, so two processes (or two
-threads, or the TUI and the command line) that start at the same moment cannot both get it; the OS drops it when
-its holder ends, kill -9 included, so a claim left by a dead process is simply free to take again. The file
-also holds who claimed the run (pid, host, time), for the message that refuses the next one, and for `runs` to
-tell a run being written from one that only says so. Of a torchrun job, rank 0 alone claims (it alone writes).
+threads, or the TUI and the command line) that start at the same moment cannot both get it; the OS drops it
+when its holder ends, kill -9 included, so a claim left by a dead process is simply free to take again. The
+file also names who claimed the run (pid, host, time), for the message that refuses the next one, and for
+`runs` to tell a run being written from one that only says so. Of a torchrun job, rank 0 alone claims (it
+alone writes).
 
 Nothing here imports torch.
 """
@@ -102,8 +103,8 @@ def read_holder(folder: Path) -> dict[str, Any] | None:
 
 
 def claimed(folder: Path) -> bool:
-    """Whether a live process holds the run's claim. Cheap when nobody does; otherwise a brief shared lock tells a
-    holder from a stale name (a claim that `claim_run` meets meanwhile waits it out)."""
+    """Whether a live process holds the run's claim. Cheap when nobody does; otherwise a brief shared lock
+    tells a holder from a stale name (a claim that `claim_run` meets meanwhile waits it out)."""
     holder = read_holder(folder)
     if holder is None or not _alive_here(holder):
         return False

@@ -112,8 +112,11 @@ class Setting:
         high = None if self.max is None else _fmt(self.max)
         if low is not None and high is not None and not self.min_exclusive:
             return f"between {low} and {high}"
-        words = ([f"greater than {low}" if self.min_exclusive else f"at least {low}"] if low is not None else []) + (
-            [f"at most {high}"] if high is not None else [])
+        words = []
+        if low is not None:
+            words.append(f"greater than {low}" if self.min_exclusive else f"at least {low}")
+        if high is not None:
+            words.append(f"at most {high}")
         return " and ".join(words) or "a number"
 
     @property
@@ -133,7 +136,7 @@ _FINITE_LOOKING = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def _echo(raw: Any) -> str:
-    """A bad value as an error message repeats it: quoted, and cut short when long (the message stays a line)."""
+    """A bad value as an error message repeats it: quoted, and cut short when long (so it stays one line)."""
     text = repr(raw) if not isinstance(raw, str) else repr(raw.strip())
     if len(text) <= MAX_ECHO:
         return text

@@ -260,7 +260,7 @@ def _write_beside(out: Path, files: dict[str, str], tensors: dict[str, Any]) -> 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        os.chmod(tmp, folder_mode())  # mkdtemp makes 0700; an export is meant to be shared, as the umask allows
+        os.chmod(tmp, folder_mode())  # mkdtemp makes 0700; an export is shared as far as the umask allows
         save_file(tensors, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
         os.chmod(tmp / HF_WEIGHTS, file_mode())  # safetensors makes its file 0600
         for name, text in files.items():

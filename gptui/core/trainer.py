@@ -343,8 +343,8 @@ class TrainJob:
         if self._more_minutes or config.max_minutes <= 0 or int(checkpoint["step"]) >= config.max_iters:
             return
         if float(checkpoint["elapsed"]) >= config.max_minutes * 60:
-            raise InputError(f"run {run.id} has used its time budget ({config.max_minutes:g} min over the whole "
-                             "run); resume with --max-minutes M to train M more minutes")
+            raise InputError(f"run {run.id} has used its time budget ({config.max_minutes:g} min over the "
+                             "whole run); resume with --max-minutes M to train M more minutes")
 
     def _rebuild(self, run: Run, config: Config, vocab: int, checkpoint: dict, problem: str) -> None:
         """Rewrite state.json and model.safetensors from the sound checkpoint when they are damaged, so the
@@ -353,8 +353,10 @@ class TrainJob:
             run.file(STATE).unlink(missing_ok=True)
             run.write_state(status="stopped", step=int(checkpoint["step"]),
                             best_val_loss=_finite(float(checkpoint["best_val_loss"])),
-                            best_val_bpb=checkpoint.get("best_val_bpb"), duration=round(float(checkpoint["elapsed"]), 1))
-            self.log(f"repaired: state.json was unreadable; rebuilt from checkpoint.pt (step {checkpoint['step']})")
+                            best_val_bpb=checkpoint.get("best_val_bpb"),
+                            duration=round(float(checkpoint["elapsed"]), 1))
+            self.log("repaired: state.json was unreadable; rebuilt from checkpoint.pt "
+                     f"(step {checkpoint['step']})")
         if check_files(run) is None:
             return
         model = GPT(ModelConfig.from_config(config, vocab))
@@ -362,10 +364,10 @@ class TrainJob:
         save_weights(run, model)
         step = int(checkpoint["step"])
         best = [m for m in run.metrics() if m.get("type") == "eval" and m.get("best") and m["step"] <= step]
-        which = ("the best weights" if best and best[-1]["step"] == step
-                 else "the latest weights, not necessarily the best: the next evaluation replaces them if worse")
-        self.log(f"repaired: model.safetensors was damaged ({problem}); rebuilt from checkpoint.pt: step {step}, "
-                 f"{which}")
+        which = ("the best weights" if best and best[-1]["step"] == step else
+                 "the latest weights, not necessarily the best: the next evaluation replaces them if worse")
+        self.log(f"repaired: model.safetensors was damaged ({problem}); rebuilt from checkpoint.pt: "
+                 f"step {step}, {which}")
         problem = check_files(run)
         if problem:
             raise DamagedRun(f"run {run.id} is damaged: {problem}")
@@ -714,7 +716,8 @@ def _load_source_weights(source: FineTuneSource, config: Config, vocab_size: int
     return model.state_dict()
 
 
-CHECKPOINT_KEYS = ("model", "optimizer", "step", "best_val_loss", "bad_evals", "elapsed", "batch_rng", "torch_rng")
+CHECKPOINT_KEYS = ("model", "optimizer", "step", "best_val_loss", "bad_evals", "elapsed", "batch_rng",
+                   "torch_rng")
 
 
 def checkpoint_problem(checkpoint: dict, config: Config, vocab_size: int) -> str | None:

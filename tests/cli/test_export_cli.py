@@ -104,7 +104,7 @@ def test_settings_gpt2_cannot_express_are_named_in_one_line(home, run_id, tmp_pa
     shutil.copytree(home / "models" / run_id, modern)
     try:
         config = json.loads((modern / "config.json").read_text())
-        # settings that keep the weights' shapes: one that changes them (rope) makes the run damaged (issue 21)
+        # settings that keep the weights' shapes: one that changes them (rope) would make the run damaged
         config["settings"].update(norm="rmsnorm", mlp="relu2")
         (modern / "config.json").write_text(json.dumps(config))
         result = gptui(home, "export", "modern", "--out", str(tmp_path / "hf"))

@@ -74,7 +74,8 @@ def write_fake_run(home: Path, run_id: str = FAKE_RUN, *, steps: int = 200, seed
     config = Config(**settings)
     emb, total = len(chars) * config.n_embd, estimate_params(config, len(chars))
     header = json.dumps({
-        "lm_head.weight": {"dtype": "F32", "shape": [len(chars), config.n_embd], "data_offsets": [0, 4 * emb]},
+        "lm_head.weight": {"dtype": "F32", "shape": [len(chars), config.n_embd],
+                           "data_offsets": [0, 4 * emb]},
         "rest": {"dtype": "F32", "shape": [total - emb], "data_offsets": [4 * emb, 4 * total]},
     }).encode()
     (run / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(4 * total))

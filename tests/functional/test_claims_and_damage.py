@@ -19,9 +19,11 @@ def train(home: Path) -> str:
     from gptui.core.config import Config, apply_overrides, check
     from gptui.core.trainer import TrainJob
 
-    config = check(apply_overrides(Config(), {**TINY, "max_iters": 10, "eval_interval": 5, "sample_interval": 0}))
+    config = check(apply_overrides(Config(), {**TINY, "max_iters": 10, "eval_interval": 5,
+                                              "sample_interval": 0}))
     result = TrainJob(Workspace(home), "small", config, name="tui").run()
-    RunStore(Workspace(home)).resolve(result.run_id).write_state(status="stopped")  # resumable from the Runs tab
+    # stopped, so the Runs tab offers to resume it
+    RunStore(Workspace(home)).resolve(result.run_id).write_state(status="stopped")
     return result.run_id
 
 

@@ -1,6 +1,6 @@
-"""Each damaged file against every command (issue 21): `runs` names the damage, and generate, export, resume and
---init-from refuse the run with the same one line and exit 1; a resume mends what a sound checkpoint rebuilds
-(state.json, the weights) instead of completing over it."""
+"""Each damaged file against every command (issue 21): `runs` names the damage, and generate, export, resume
+and --init-from refuse the run with the same one line and exit 1; a resume mends what a sound checkpoint
+rebuilds (state.json, the weights) instead of completing over it."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def source(tmp_path_factory, make_corpus_text, tiny_overrides):
 
     ws = Workspace(tmp_path_factory.mktemp("damaged")).ensure()
     (ws.inputs / "tiny.txt").write_text(make_corpus_text(), encoding="utf-8")
-    config = check(apply_overrides(preset_config("tiny-classic"),
-                                   {**tiny_overrides, "max_iters": 12, "eval_interval": 6, "sample_interval": 0}))
+    overrides = {**tiny_overrides, "max_iters": 12, "eval_interval": 6, "sample_interval": 0}
+    config = check(apply_overrides(preset_config("tiny-classic"), overrides))
     run_id = TrainJob(ws, "tiny", config, name="victim").run().run_id
     other_id = TrainJob(ws, "tiny", dataclasses.replace(config, n_layer=2), name="other").run().run_id
     return ws, run_id, other_id
@@ -55,16 +55,18 @@ def _write(name: str, data: bytes):
 # damage -> (what it does, the reason every command gives, whether a resume mends it)
 DAMAGES = {
     "garbage config": (_write("config.json", b"{not json"), "config.json is not valid JSON", False),
-    "n_head 5 for n_embd 32": (_settings(n_head=5),
-                               "config.json has invalid settings: n_embd (32) must be divisible by n_head (5)",
-                               False),
-    "n_embd not a number": (_settings(n_embd="wide"),
-                            "config.json has invalid settings: n_embd must be a whole number, not 'wide'", False),
+    "n_head 5 for n_embd 32": (
+        _settings(n_head=5), "config.json has invalid settings: n_embd (32) must be divisible by n_head (5)",
+        False),
+    "n_embd not a number": (
+        _settings(n_embd="wide"),
+        "config.json has invalid settings: n_embd must be a whole number, not 'wide'", False),
     "block_size 999999": (_settings(block_size=999999),
                           "config.json has invalid settings: block_size must be at most 32768", False),
-    "mlp no longer matches the weights": (_settings(mlp="swiglu"), "model.safetensors does not match config.json",
-                                          False),
-    "garbage tokenizer": (_write("tokenizer.json", b"\xff\xfe garbage \x00"), "tokenizer.json is unreadable", False),
+    "mlp no longer matches the weights": (
+        _settings(mlp="swiglu"), "model.safetensors does not match config.json", False),
+    "garbage tokenizer": (
+        _write("tokenizer.json", b"\xff\xfe garbage \x00"), "tokenizer.json is unreadable", False),
     "empty-object tokenizer": (_write("tokenizer.json", b"{}"), "tokenizer.json is unreadable", False),
     "garbage checkpoint": (_write("checkpoint.pt", b"garbage"), "checkpoint.pt is unreadable", False),
     "garbage state": (_write("state.json", b"{{{"), "state.json is unreadable", True),
@@ -128,7 +130,7 @@ def test_a_resume_rebuilds_state_and_weights_from_a_sound_checkpoint(damaged_hom
     assert "repaired:" in err and "repaired:" in run.read_log()
     assert check_run(run) is None
     assert run.read_state()["status"] == "completed" and run.read_state()["step"] == 18
-    code, out, err = run_cli(capsys, home, "generate", "--run", run.id, "--max-new-tokens", "3", "--seed", "1")
+    code, _, err = run_cli(capsys, home, "generate", "--run", run.id, "--max-new-tokens", "3", "--seed", "1")
     assert code == 0, err
 
 

@@ -41,13 +41,15 @@ def one_line(err: str) -> str:
     ("seed", "seed must be between 0 and 4294967295, not '999"),
 ])
 def test_a_huge_number_is_out_of_range_and_shown_short(small_workspace, capsys, setting, words):
-    code, _, err = run_cli(capsys, small_workspace.home, "train", "--input", "tiny", "--set", f"{setting}={NINES}")
+    home = small_workspace.home
+    code, _, err = run_cli(capsys, home, "train", "--input", "tiny", "--set", f"{setting}={NINES}")
     line = one_line(err)
     assert code == 2 and words in line and "(5,000 characters)" in line and len(line) < 160, line
 
 
 def test_a_long_word_for_a_number_is_shown_short(small_workspace, capsys):
-    code, _, err = run_cli(capsys, small_workspace.home, "train", "--input", "tiny", "--set", "n_layer=" + "x" * 3000)
+    home = small_workspace.home
+    code, _, err = run_cli(capsys, home, "train", "--input", "tiny", "--set", "n_layer=" + "x" * 3000)
     line = one_line(err)
     assert code == 2 and "n_layer must be a whole number, not 'xxx" in line and len(line) < 160, line
 
@@ -73,7 +75,8 @@ def test_generate_save_into_a_file_is_refused_before_generating(trained, capsys)
     run.file("generations").write_text("not a folder")
     code, out, err = run_cli(capsys, home, "generate", "--run", run.id, "--max-new-tokens", "3", "--save")
     assert code == 1 and out == "", "nothing generated, so no transcript is lost"
-    assert one_line(err) == f"gptui: error: cannot save in run {run.id}: {run.file('generations')} is not a folder"
+    folder = run.file("generations")
+    assert one_line(err) == f"gptui: error: cannot save in run {run.id}: {folder} is not a folder"
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o027, 0o077])
@@ -115,10 +118,11 @@ def test_a_resume_whose_own_budget_is_spent_is_refused_in_one_line(small_workspa
     config = dataclasses.replace(small_config, max_minutes=5.0)
     run = RunStore(small_workspace).resolve(TrainJob(small_workspace, "tiny", config).run().run_id)
     _spend(run, 301.0)
-    code, out, err = run_cli(capsys, small_workspace.home, "train", "--resume", run.id, "--set", "max_iters=100")
+    home = small_workspace.home
+    code, out, err = run_cli(capsys, home, "train", "--resume", run.id, "--set", "max_iters=100")
     assert code == 2 and out == ""
-    assert one_line(err) == (f"gptui: error: run {run.id} has used its time budget (5 min over the whole run); "
-                             "resume with --max-minutes M to train M more minutes")
+    assert one_line(err) == (f"gptui: error: run {run.id} has used its time budget (5 min over the whole "
+                             "run); resume with --max-minutes M to train M more minutes")
     assert run.read_state()["step"] == 12 and run.read_state()["status"] == "completed"
 
 

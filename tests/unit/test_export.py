@@ -237,7 +237,8 @@ RECIPE_VALUES = {"pos_embedding": "rope", "norm": "rmsnorm", "qk_norm": True, "m
 def test_a_setting_gpt2_cannot_express_is_refused_by_name(small_workspace, small_config, tmp_path, name):
     # trained with it: a config.json edited to say so would no longer fit the weights (a damaged run)
     config = dataclasses.replace(small_config, **{name: RECIPE_VALUES[name]}, max_iters=4, eval_interval=4)
-    run_copy = RunStore(small_workspace).resolve(TrainJob(small_workspace, "tiny", check(config)).run().run_id)
+    run_id = TrainJob(small_workspace, "tiny", check(config)).run().run_id
+    run_copy = RunStore(small_workspace).resolve(run_id)
     shown = str(RECIPE_VALUES[name]).lower() if isinstance(RECIPE_VALUES[name], bool) else RECIPE_VALUES[name]
     with pytest.raises(InputError, match=f"cannot express: {name}={shown} ") as caught:
         export_run(run_copy, tmp_path / "out")

@@ -290,7 +290,7 @@ class TrainTab(Vertical):
             job.stop("stopped by user")
         try:
             job.run()
-        except (RunBusy, DamagedRun) as exc:  # refused before training: another writer, or a run that is broken
+        except (RunBusy, DamagedRun) as exc:  # refused before training: another writer, or a broken run
             self.post_message(self.Failed(str(exc), "Cannot resume" if resume else "Cannot start"))
         except GptuiError as exc:
             self.post_message(self.Failed(str(exc)))
