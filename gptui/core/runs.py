@@ -373,14 +373,9 @@ def check_run(run: Run) -> str | None:
     """Why this run cannot be used, or None: the one damage check every command makes (generate, export,
     resume, fine-tune, `runs`), so each names the same damage in the same words. A run that a live process is
     writing is not judged (its files are still appearing)."""
-    try:
-        config = run.read_config()
-    except (OSError, ValueError):
-        config = None
-    if isinstance(config, dict) and isinstance(config.get("settings"), dict):
-        state = run.read_state()
-        if claimed(run.path) or (state.get("status") == "running" and pid_alive(state)):
-            return None  # still being written by its trainer
+    state = run.read_state()
+    if claimed(run.path) or (state.get("status") == "running" and pid_alive(state)):
+        return None  # still being written by its trainer
     return check_files(run)
 
 

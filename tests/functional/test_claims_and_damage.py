@@ -46,6 +46,7 @@ def test_resuming_a_run_another_process_trains_is_refused_with_a_notice(home: Pa
             (text,) = notices(app, "Cannot resume")
             assert text.startswith(f"run {run_id} is already training in another process (pid ")
             assert not app.train_tab.running
+            assert app.train_tab.stats["status"].startswith("refused: run ")
 
     with claim_run(run.path, run_id):  # as another terminal's `gptui train --resume` holds it
         asyncio.run(go())

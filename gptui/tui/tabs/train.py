@@ -332,7 +332,8 @@ class TrainTab(Vertical):
 
     def on_train_tab_failed(self, message: Failed) -> None:
         self.notify(message.text, severity="error", title=message.title)
-        self._set_status(f"failed: {message.text}")
+        refused = message.title != "Training failed"  # nothing was trained: the run is as it was
+        self._set_status(f"{'refused' if refused else 'failed'}: {message.text}")
 
     def show_event(self, e: ev.Event) -> None:
         """Put one engine event on screen (public so tests and snapshots can feed fixed events)."""
