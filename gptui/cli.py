@@ -10,17 +10,22 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import signal
 import sys
 import time
 from pathlib import Path
 
-from gptui.core.errors import GptuiError, InputError
+from gptui.core.errors import DamagedRun, GptuiError, InputError
 from gptui.core.sampling import INFERENCE_DTYPES
 
 
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, as the contract says
+        # a value thousands of characters long is shown by its start and its length, so the line stays a line
+        message = re.sub(r"'([^'\n]{40})[^'\n]+'",
+                         lambda m: f"'{m.group(1)}…' ({len(m.group(0)) - 2:,} characters)",
+                         " ".join(message.split()))
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -41,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-from", metavar="RUN",
                    help="fine-tune: a new run on --input starting from RUN's best weights and tokenizer (its model "
                         "shape is kept; other settings are RUN's unless --preset or --set give them)")
-    t.add_argument("--max-minutes", type=float, help="stop after this many minutes")
+    t.add_argument("--max-minutes", type=float,
+                   help="stop after this many minutes of training (with --resume: this many more minutes; "
+                        "without it, a resume keeps the run's own budget, counted over the run's whole time)")
     t.add_argument("--replace-errors", action="store_true", help="replace bytes that are not UTF-8")
     d = t.add_argument_group("several processes (torchrun, DistributedDataParallel)")
     d.add_argument("--nproc-per-node", type=int, metavar="N",
@@ -276,8 +283,9 @@ def _print_summary(result) -> None:
 
 def _launch(args, workspace, config, overrides) -> int:
     """`train --nproc-per-node N ...`: check everything that can be checked here, then start torchrun."""
+    from gptui.core.claim import claim_run
     from gptui.core.launch import DEFAULT_RDZV_TIMEOUT, LaunchOptions, launch
-    from gptui.core.runs import CHECKPOINT, RunStore, pid_alive
+    from gptui.core.runs import CHECKPOINT, RunStore, check_files
 
     options = LaunchOptions(
         nproc_per_node=args.nproc_per_node, nnodes=1 if args.nnodes is None else args.nnodes,
@@ -288,9 +296,10 @@ def _launch(args, workspace, config, overrides) -> int:
     workspace.ensure()
     if args.resume:
         run = RunStore(workspace).resolve(args.resume)
-        state = run.read_state()
-        if state.get("status") == "running" and pid_alive(state):
-            raise InputError(f"run {run.id} is already training in another process")
+        with claim_run(run.path, run.id):  # refused here in one line when it trains; rank 0 claims it to keep
+            problem = check_files(run, rebuildable=False)
+        if problem:
+            raise DamagedRun(f"run {run.id} is damaged: {problem}")
         if not run.file(CHECKPOINT).exists():
             raise InputError(f"run {run.id} has no checkpoint to resume from")
     else:
@@ -448,7 +457,7 @@ class ConsoleProgress:
         elif isinstance(e, ev.Sample):
             self.message(f"--- sample at step {e.step} ---\n{e.text.strip()}\n---")
         elif isinstance(e, ev.Log) and e.line.startswith(("tokenizer", "data:", "torch.compile", "resum",
-                                                          "fine-tuning")):
+                                                          "fine-tuning", "repaired")):
             self.message(e.line)
         elif isinstance(e, ev.Finished) and e.status != "failed":  # failures are main()'s one line
             self.message(f"{e.status}: {e.reason}")
@@ -494,6 +503,8 @@ def cmd_generate(args, workspace) -> int:
         if run is None:
             raise InputError(f"no trained runs in {store.root}; train one first (gptui train --input NAME)")
 
+    if args.save and (problem := run.generations_problem()):
+        raise GptuiError(problem)
     from gptui.core.generate import DecodeStats, load_model, stream_samples
     from gptui.core.sampling import SamplingSettings, save_transcript, unescape
 

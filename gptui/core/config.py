@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,35 +52,42 @@ class Setting:
             raise ValueError(f"{self.name} must be true or false, not {raw!r}")
         if self.type is int:
             if isinstance(raw, bool):
-                raise ValueError(f"{self.name} must be a whole number, not {raw!r}")
+                raise ValueError(f"{self.name} must be a whole number, not {_echo(raw)}")
             if isinstance(raw, int):
                 return raw
             if isinstance(raw, float) and raw.is_integer():
                 return int(raw)
+            text = str(raw).strip().replace("_", "")
+            if _HUGE_WHOLE.fullmatch(text):  # a whole number past any range (and past int()'s digit limit)
+                raise ValueError(f"{self.name} must be {self.range_words}, not {_echo(raw)}")
             try:
-                text = str(raw).strip().replace("_", "")
                 return int(text)
             except ValueError:
                 try:
                     value = float(text)
-                except ValueError:
+                except (ValueError, OverflowError):
                     value = math.nan
                 if value.is_integer():
                     return int(value)
-                raise ValueError(f"{self.name} must be a whole number, not {raw!r}") from None
+                if math.isinf(value) and _FINITE_LOOKING.fullmatch(text):  # "1e999": a number past any range
+                    raise ValueError(f"{self.name} must be {self.range_words}, not {_echo(raw)}") from None
+                raise ValueError(f"{self.name} must be a whole number, not {_echo(raw)}") from None
         if self.type is float:
             if isinstance(raw, bool):
-                raise ValueError(f"{self.name} must be a number, not {raw!r}")
+                raise ValueError(f"{self.name} must be a number, not {_echo(raw)}")
             try:
                 value = float(str(raw).strip()) if not isinstance(raw, (int, float)) else float(raw)
             except (ValueError, OverflowError):
-                raise ValueError(f"{self.name} must be a number, not {raw!r}") from None
+                raise ValueError(f"{self.name} must be a number, not {_echo(raw)}") from None
+            if math.isinf(value) and _FINITE_LOOKING.fullmatch(str(raw).strip()):
+                # digits that overflow a float are a number out of range, not "not finite"
+                raise ValueError(f"{self.name} must be {self.range_words}, not {_echo(raw)}")
             if not math.isfinite(value):
-                raise ValueError(f"{self.name} must be a finite number, not {raw!r}")
+                raise ValueError(f"{self.name} must be a finite number, not {_echo(raw)}")
             return value
         text = str(raw).strip()
         if self.choices and text not in self.choices:
-            raise ValueError(f"{self.name} must be one of {', '.join(self.choices)}, not {raw!r}")
+            raise ValueError(f"{self.name} must be one of {', '.join(self.choices)}, not {_echo(raw)}")
         return text
 
     def check(self, value: Any) -> str | None:
@@ -98,6 +106,20 @@ class Setting:
         return None
 
     @property
+    def range_words(self) -> str:
+        """The allowed range in words: 'between 1 and 128', 'at least 0', 'a number'."""
+        low = None if self.min is None else _fmt(self.min)
+        high = None if self.max is None else _fmt(self.max)
+        if low is not None and high is not None and not self.min_exclusive:
+            return f"between {low} and {high}"
+        words = []
+        if low is not None:
+            words.append(f"greater than {low}" if self.min_exclusive else f"at least {low}")
+        if high is not None:
+            words.append(f"at most {high}")
+        return " and ".join(words) or "a number"
+
+    @property
     def range_text(self) -> str:
         if self.choices:
             return " | ".join(self.choices)
@@ -106,6 +128,19 @@ class Setting:
         low = "" if self.min is None else (">" if self.min_exclusive else "≥") + _fmt(self.min)
         high = "" if self.max is None else "≤" + _fmt(self.max)
         return " ".join(p for p in (low, high) if p)
+
+
+MAX_ECHO = 40  # characters of a bad value an error message repeats
+_HUGE_WHOLE = re.compile(r"[+-]?\d{19,}")  # more digits than any setting's range allows
+_FINITE_LOOKING = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _echo(raw: Any) -> str:
+    """A bad value as an error message repeats it: quoted, and cut short when long (so it stays one line)."""
+    text = repr(raw) if not isinstance(raw, str) else repr(raw.strip())
+    if len(text) <= MAX_ECHO:
+        return text
+    return f"{text[:MAX_ECHO - 4]}…{text[0]} ({len(str(raw).strip()):,} characters)"
 
 
 def _fmt(x: float) -> str:

@@ -23,3 +23,7 @@ class RunNotFound(InputError):
 
 class DamagedRun(GptuiError):
     pass
+
+
+class RunBusy(InputError):
+    """The run is being trained by another process (or by another job of this one)."""

@@ -16,8 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from gptui.core.errors import DamagedRun, InputError
-from gptui.core.runs import CONFIG, TOKENIZER, WEIGHTS, Run, check_run
+from gptui.core.errors import DamagedRun, GptuiError, InputError
+from gptui.core.fsio import file_mode, folder_mode
+from gptui.core.runs import CONFIG, TOKENIZER, WEIGHTS, Run, require_sound
 from gptui.core.tokenizer import CHAR_FORMAT
 
 FORMATS = {"hf": "Hugging Face transformers folder (GPT2LMHeadModel)"}
@@ -62,9 +63,7 @@ def export_run(run: Run, out: Path, format: str = "hf") -> Path:
     _check_target(out)
     if out.resolve().parent == run.path.parent.resolve():
         raise InputError(f"{out} would sit among the runs in {run.path.parent}: export somewhere else")
-    problem = check_run(run)
-    if problem:
-        raise DamagedRun(f"run {run.id} is damaged: {problem}")
+    require_sound(run)
     if not run.file(WEIGHTS).is_file():
         raise InputError(f"run {run.id} has no saved weights yet (a run has them once it has trained a step and been evaluated or stopped)")
     try:
@@ -247,13 +246,23 @@ def _check_target(out: Path) -> None:
 
 
 def _write_folder(out: Path, files: dict[str, str], tensors: dict[str, Any]) -> Path:
+    """Write the export beside `out` under a temporary name, then rename it. A failure names `out`, never the
+    temporary folder the person did not ask for."""
+    try:
+        return _write_beside(out, files, tensors)
+    except OSError as exc:
+        raise GptuiError(f"cannot write the export to {out}: {exc.strerror or exc}") from None
+
+
+def _write_beside(out: Path, files: dict[str, str], tensors: dict[str, Any]) -> Path:
     from safetensors.torch import save_file
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; an export is meant to be shared
+        os.chmod(tmp, folder_mode())  # mkdtemp makes 0700; an export is shared as far as the umask allows
         save_file(tensors, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
+        os.chmod(tmp / HF_WEIGHTS, file_mode())  # safetensors makes its file 0600
         for name, text in files.items():
             (tmp / name).write_text(text, encoding="utf-8")
         _check_target(out)  # something may have appeared there meanwhile

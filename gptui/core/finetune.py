@@ -14,7 +14,7 @@ from typing import Any
 
 from gptui.core.config import Config, ConfigError, apply_overrides, check, config_from_dict
 from gptui.core.errors import DamagedRun, InputError
-from gptui.core.runs import TOKENIZER, WEIGHTS, Run, check_run
+from gptui.core.runs import TOKENIZER, WEIGHTS, Run, require_sound
 
 # Settings that change the weights' shapes or what they mean; `dropout` is not one of them.
 MODEL_SHAPE: tuple[str, ...] = (
@@ -47,9 +47,7 @@ class FineTuneSource:
 def fine_tune_source(run: Run) -> FineTuneSource:
     """Check that `run` can be fine-tuned from (readable settings and tokenizer, saved weights) and read what a
     fine-tune takes from it. Raises InputError (no weights yet) or DamagedRun."""
-    problem = check_run(run)
-    if problem:
-        raise DamagedRun(f"run {run.id} is damaged: {problem}")
+    require_sound(run)
     if not run.file(WEIGHTS).is_file():
         raise InputError(f"run {run.id} has no saved weights to fine-tune from (it never trained a step)")
     try:

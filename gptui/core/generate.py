@@ -26,7 +26,7 @@ from gptui.core.config import config_from_dict
 from gptui.core.device import pick_device, pick_inference_dtype
 from gptui.core.errors import DamagedRun, GptuiError, InputError
 from gptui.core.model import GPT, ModelConfig
-from gptui.core.runs import TOKENIZER, WEIGHTS, Run, check_run
+from gptui.core.runs import TOKENIZER, WEIGHTS, Run, load_error, require_sound
 from gptui.core.sampling import SamplingSettings, check_num_samples
 from gptui.core.tokenizer import Tokenizer, load_tokenizer
 
@@ -225,9 +225,7 @@ def load_model(run: Run, device: str = "auto", dtype: str = "float32") -> Loaded
 
     dev = pick_device(device)
     precision = pick_inference_dtype(dtype, dev)
-    problem = check_run(run)
-    if problem:
-        raise DamagedRun(f"run {run.id} is damaged: {problem}")
+    require_sound(run)
     if not run.file(WEIGHTS).exists():
         raise InputError(f"run {run.id} has no saved weights yet (a run has them once it has trained a step and been evaluated or stopped)")
     try:
@@ -237,7 +235,7 @@ def load_model(run: Run, device: str = "auto", dtype: str = "float32") -> Loaded
         model = GPT(ModelConfig.from_config(config, tokenizer.vocab_size))
         load_safetensors(model, str(run.file(WEIGHTS)))
     except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as exc:
-        raise DamagedRun(f"run {run.id} could not be loaded: {str(exc).splitlines()[0][:200]}") from None
+        raise DamagedRun(f"run {run.id} is damaged: {load_error(exc)}") from None
     prepare_for_inference(model, dev, precision)
     return LoadedModel(run, model, tokenizer, dev, precision)
 

@@ -7,19 +7,22 @@ metrics.jsonl, train.log, state.json and generations/. Every file is written ato
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
 import socket
 import struct
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gptui.core.errors import InputError, RunNotFound
+from gptui.core.claim import claimed
+from gptui.core.errors import DamagedRun, GptuiError, InputError, RunNotFound
 from gptui.core.fsio import (
     append_line,
     atomic_write,
@@ -102,11 +105,14 @@ class Run:
         append_line(self.file(METRICS), json.dumps(record, separators=(",", ":")))
 
     def metrics(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.file(METRICS))
+        """Every record with a whole-number step; a torn or garbled line (or a record without a step) is
+        skipped, so no reader meets one."""
+        return [m for m in read_jsonl(self.file(METRICS))
+                if isinstance(m.get("step"), int) and not isinstance(m.get("step"), bool)]
 
     def truncate_metrics(self, max_step: int) -> None:
-        """Drop records past `max_step` (written after the last checkpoint) and any torn line."""
-        kept = [m for m in self.metrics() if int(m.get("step", 0)) <= max_step]
+        """Drop records past `max_step` (written after the last checkpoint) and any torn or garbled line."""
+        kept = [m for m in self.metrics() if m["step"] <= max_step]
         atomic_write_text(self.file(METRICS), "".join(json.dumps(m, separators=(",", ":")) + "\n" for m in kept))
 
     def log(self, line: str = "") -> None:
@@ -125,7 +131,17 @@ class Run:
             return ""
 
     # generations
+    def generations_problem(self) -> str | None:
+        """Why a generation cannot be saved in this run (checked before generating, so no text is lost)."""
+        folder = self.file(GENERATIONS)
+        if folder.exists() and not folder.is_dir():
+            return f"cannot save in run {self.id}: {folder} is not a folder"
+        return None
+
     def save_generation(self, header: dict[str, Any], text: str, kind: str = "generation") -> Path:
+        problem = self.generations_problem()
+        if problem:
+            raise GptuiError(problem)
         folder = self.file(GENERATIONS)
         folder.mkdir(exist_ok=True)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -247,7 +263,7 @@ class RunStore:
         target = self.root / slug
         if target.exists():
             raise InputError(f"a run named {slug!r} already exists")
-        if run.read_state().get("status") == "running" and pid_alive(run.read_state()):
+        if _training(run):
             raise InputError(f"run {run.id} is training; stop it before renaming")
         os.rename(run.path, target)
         return Run(target)
@@ -255,7 +271,7 @@ class RunStore:
     def delete(self, run: Run) -> None:
         if run.path.resolve().parent != self.root.resolve():
             raise InputError(f"{run.path} is not a run folder of this workspace")
-        if run.read_state().get("status") == "running" and pid_alive(run.read_state()):
+        if _training(run):
             raise InputError(f"run {run.id} is training; stop it before deleting")
         shutil.rmtree(run.path)
 
@@ -283,18 +299,30 @@ class RunStore:
         return RunInfo(
             id=run.id,
             corpus=str(config.get("corpus", "?")),
-            params=config.get("params"),
+            params=_number(config.get("params"), int),
             tokenizer=str(tok),
-            steps=int(state.get("step", 0) or 0),
-            best_val_loss=state.get("best_val_loss"),
-            val_bpb=state.get("best_val_bpb"),
+            steps=_number(state.get("step"), int) or 0,
+            best_val_loss=_number(state.get("best_val_loss"), float),
+            val_bpb=_number(state.get("best_val_bpb"), float),
             status=status,
             created=str(config.get("created", state.get("updated", ""))),
-            duration=float(state.get("duration", 0.0) or 0.0),
+            duration=_number(state.get("duration"), float) or 0.0,
             damaged=damaged,
             path=str(run.path),
             world_size=_world_size(config),
         )
+
+
+def _number(value: Any, kind: type) -> Any:
+    """`value` as `kind` when it is a number (a damaged state.json may hold anything), else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return kind(value)
+    return None
+
+
+def _training(run: Run) -> bool:
+    state = run.read_state()
+    return claimed(run.path) or (state.get("status") == "running" and pid_alive(state))
 
 
 def _world_size(config: dict[str, Any]) -> int:
@@ -342,7 +370,23 @@ def tokenizer_vocab_size(path: Path) -> int:
 
 
 def check_run(run: Run) -> str | None:
-    """Why this run cannot be used, or None. Cheap: reads headers, not weights."""
+    """Why this run cannot be used, or None: the one damage check every command makes (generate, export,
+    resume, fine-tune, `runs`), so each names the same damage in the same words. A run that a live process is
+    writing is not judged (its files are still appearing)."""
+    state = run.read_state()
+    if claimed(run.path) or (state.get("status") == "running" and pid_alive(state)):
+        return None  # still being written by its trainer
+    return check_files(run)
+
+
+def check_files(run: Run, *, rebuildable: bool = True) -> str | None:
+    """check_run's judgement without asking who writes the run (its writer asks it of its own run).
+
+    Cheap and torch-free: it reads the small files and the weights' header, never the weights. With
+    `rebuildable` False, state.json and model.safetensors are left out: a resume rebuilds them from a sound
+    checkpoint. metrics.jsonl is not judged: a torn or garbled line in it is skipped wherever it is read."""
+    from gptui.core.config import ConfigError, config_from_dict, estimate_params
+
     try:
         config = run.read_config()
     except FileNotFoundError:
@@ -351,26 +395,80 @@ def check_run(run: Run) -> str | None:
         return "config.json is not valid JSON"
     if not isinstance(config, dict) or not isinstance(config.get("settings"), dict):
         return "config.json has no settings"
-    state = run.read_state()
-    if state.get("status") == "running" and pid_alive(state):
-        return None  # still being written by its trainer
-    if not run.file(WEIGHTS).exists():
-        if state.get("best_val_loss") is None:
-            return None  # not evaluated yet (or never trained): no weights are expected
-        return "model.safetensors is missing"
     try:
-        header = safetensors_header(run.file(WEIGHTS))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return f"model.safetensors is unreadable: {exc}"
+        settings = config_from_dict(config["settings"])
+    except ConfigError as exc:
+        return f"config.json has invalid settings: {exc}"
+    if rebuildable and run.file(STATE).exists() and not state_readable(run):
+        return "state.json is unreadable"
     if not run.file(TOKENIZER).exists():
         return "tokenizer.json is missing"
     try:
         vocab = tokenizer_vocab_size(run.file(TOKENIZER))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return "tokenizer.json is unreadable"
-    emb = header.get("lm_head.weight") or header.get("transformer.wte.weight")
-    if not emb:
+    if run.file(CHECKPOINT).exists() and not zipfile.is_zipfile(run.file(CHECKPOINT)):
+        return "checkpoint.pt is unreadable"
+    if not rebuildable:
+        return None
+    if not run.file(WEIGHTS).exists():
+        if run.read_state().get("best_val_loss") is None:
+            return None  # not evaluated yet (or never trained): no weights are expected
+        return "model.safetensors is missing"
+    return weights_problem(run, settings, vocab, estimate_params(settings, vocab))
+
+
+def weights_problem(run: Run, settings: Any, vocab: int, params: int) -> str | None:
+    """Why model.safetensors cannot be the weights of a model with these settings and vocabulary, or None."""
+    try:
+        header = safetensors_header(run.file(WEIGHTS))
+        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+        emb = tensors.get("lm_head.weight") or tensors.get("transformer.wte.weight")
+        saved = sum(math.prod(v["shape"]) for v in tensors.values())
+        shape = tuple(emb["shape"]) if emb else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"model.safetensors is unreadable: {exc}"
+    if shape is None:
         return "model.safetensors has no embedding matrix"
-    if emb["shape"][0] != vocab:
-        return f"tokenizer has {vocab} tokens but the model expects {emb['shape'][0]}"
+    if shape[0] != vocab:
+        return f"tokenizer has {vocab} tokens but the model expects {shape[0]}"
+    if len(shape) != 2 or shape[1] != settings.n_embd or saved != params:
+        return (f"model.safetensors does not match config.json: it holds {saved:,} weights, "
+                f"its settings make {params:,}")
     return None
+
+
+def resume_mends(run: Run) -> bool:
+    """Whether resuming this damaged run would mend it: only state.json or the weights are damaged, and a
+    checkpoint to rebuild them from is there (the resume still checks that checkpoint before it trusts it)."""
+    return run.file(CHECKPOINT).is_file() and check_files(run, rebuildable=False) is None
+
+
+def require_sound(run: Run) -> None:
+    """Raise DamagedRun (exit 1) naming the damage, in the words every command uses."""
+    problem = check_run(run)
+    if problem:
+        raise DamagedRun(f"run {run.id} is damaged: {problem}")
+
+
+def load_error(exc: BaseException) -> str:
+    """A loader's exception as one line: torch's "Error(s) in loading state_dict for GPT:" says nothing before
+    its colon, so the mismatch it lists after it is what is shown."""
+    text = " ".join(str(exc).split())
+    if text.startswith("Error(s) in loading state_dict"):
+        return f"{WEIGHTS} does not match {CONFIG}: {text.partition(': ')[2][:200]}"
+    return text[:200] or type(exc).__name__
+
+
+def state_readable(run: Run) -> bool:
+    """Whether state.json is an object whose numbers are numbers (what `runs` and a resume read from it)."""
+    try:
+        state = read_json(run.file(STATE))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(state, dict):
+        return False
+    numbers = {"step": (int,), "best_val_loss": (int, float), "best_val_bpb": (int, float),
+               "duration": (int, float)}
+    return all(state.get(key) is None or (isinstance(state[key], kinds) and not isinstance(state[key], bool))
+               for key, kinds in numbers.items())

@@ -33,7 +33,9 @@ class SamplingSettings:
         if not 0 < self.top_p <= 1:
             raise InputError("top-p must be in (0, 1]")
         if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise InputError("seed must be a non-negative integer")
+            digits = len(str(abs(self.seed)))
+            shown = str(self.seed) if digits <= 30 else f"a {digits}-digit number"
+            raise InputError(f"seed must be between 0 and {2**63 - 1}, not {shown}")
         return self
 
 

@@ -27,6 +27,7 @@ import torch
 
 import gptui
 from gptui.core import events as ev
+from gptui.core.claim import RunClaim, claim_run
 from gptui.core.config import (
     Config,
     apply_overrides,
@@ -38,11 +39,24 @@ from gptui.core.config import (
 from gptui.core.data import BatchSampler, Dataset, TokenizerSpec, prepare, prepare_with_tokenizer
 from gptui.core.device import autocast, memory_reading, pick_device, pick_dtype, setup_backend
 from gptui.core.distributed import Dist, PeerLost
-from gptui.core.errors import DamagedRun, GptuiError, InputError
+from gptui.core.errors import DamagedRun, GptuiError, InputError, RunBusy
 from gptui.core.finetune import FineTuneSource, fine_tune_source, refuse_shape_changes
 from gptui.core.generate import TrainingSampler
 from gptui.core.model import GPT, ModelConfig
-from gptui.core.runs import CHECKPOINT, TOKENIZER, WEIGHTS, NullRun, Run, RunStore, pid_alive
+from gptui.core.runs import (
+    CHECKPOINT,
+    STATE,
+    TOKENIZER,
+    WEIGHTS,
+    NullRun,
+    Run,
+    RunStore,
+    check_files,
+    load_error,
+    pid_alive,
+    state_readable,
+    tokenizer_vocab_size,
+)
 from gptui.core.tokenizer import load_tokenizer
 from gptui.core.workspace import Workspace
 
@@ -113,6 +127,10 @@ class TrainJob:
         self._tokenizer_source = ""  # whose it is, in words
         self._source: FineTuneSource | None = None
         self._init_state: dict | None = None  # the source run's weights, checked before the new run is created
+        self._claim: RunClaim | None = None  # this job's exclusive right to write its run (rank 0 only)
+        # a resume given its own time budget trains that much more; without one, the run's budget covers its
+        # whole time
+        self._more_minutes = bool(resume) and "max_minutes" in self.overrides
 
     def stop(self, reason: str = "stopped by user") -> None:
         self.stop_reason = reason
@@ -189,14 +207,15 @@ class TrainJob:
             raise InputError("a run is either resumed or fine-tuned from another, not both")
         if self.resume:
             run = store.resolve(self.resume)
+            self._claim = claim_run(run.path, run.id)  # before anything of the run is read or written
             state = run.read_state()
-            if state.get("status") == "running" and pid_alive(state):
-                raise InputError(f"run {run.id} is already training in another process")
-            try:
-                saved = run.read_config()
-                config = config_from_dict(saved["settings"])
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise InputError(f"run {run.id} has an unreadable config.json ({exc})") from None
+            if state.get("status") == "running" and pid_alive(state) and state.get("pid") != os.getpid():
+                raise RunBusy(f"run {run.id} is already training in another process")
+            problem = check_files(run, rebuildable=False)  # the files a resume cannot rebuild
+            if problem:
+                raise DamagedRun(f"run {run.id} is damaged: {problem}")
+            saved = run.read_config()
+            config = config_from_dict(saved["settings"])
             updated = check(apply_overrides(config, self.overrides))
             changed = {k for k in self.overrides if getattr(updated, k) != getattr(config, k)}
             fixed = sorted(changed - RESUMABLE_SETTINGS)
@@ -206,6 +225,12 @@ class TrainJob:
             corpus = self.workspace.corpus_path(saved.get("corpus", ""))
             self._corpus_name = corpus.name
             checkpoint = self._load_checkpoint(run)
+            vocab = tokenizer_vocab_size(run.file(TOKENIZER))
+            rebuild = check_files(run)  # state.json or the weights, rebuilt from the checkpoint below
+            problem = checkpoint_problem(checkpoint, config, vocab)
+            if problem:  # nothing to rebuild from; what generate and export say of the run comes first
+                raise DamagedRun(f"run {run.id} is damaged: {rebuild or problem}")
+            self._refuse_spent_budget(run, config, checkpoint)
             self.run_dir = run
             self.log(f"resuming run {run.id} at step {checkpoint['step']}")
             if saved.get("init_from"):  # a fine-tune encodes with its source's tokenizer, kept in its own folder
@@ -221,6 +246,8 @@ class TrainJob:
                 )
             if load_tokenizer(run.file(TOKENIZER)).token_bytes != dataset.tokenizer.token_bytes:
                 raise InputError(f"the tokenizer cached for {corpus.name} differs from run {run.id}'s own")
+            if rebuild:
+                self._rebuild(run, config, vocab, checkpoint, rebuild)
             return run, config, dataset, checkpoint
 
         source = None
@@ -243,6 +270,7 @@ class TrainJob:
             self._init_state = _load_source_weights(source, config, dataset.tokenizer.vocab_size)
         params = estimate_params(config, dataset.tokenizer.vocab_size)
         run = store.create(corpus.stem, params, self.name)
+        self._claim = claim_run(run.path, run.id)
         self.run_dir = run
         run.write_config(
             {
@@ -301,9 +329,48 @@ class TrainJob:
         if not path.exists():
             raise InputError(f"run {run.id} has no checkpoint to resume from")
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise InputError(f"run {run.id}: checkpoint.pt cannot be loaded safely ({type(exc).__name__})") from None
+            raise DamagedRun(f"run {run.id} is damaged: checkpoint.pt cannot be loaded safely "
+                             f"({type(exc).__name__})") from None
+        if not isinstance(checkpoint, dict):
+            raise DamagedRun(f"run {run.id} is damaged: checkpoint.pt holds no training state")
+        return checkpoint
+
+    def _refuse_spent_budget(self, run: Run, config: Config, checkpoint: dict) -> None:
+        """A resume without a budget of its own keeps the run's, counted over the run's whole time: once that
+        is spent, there is nothing to train, which is said rather than reported as a completed resume."""
+        if self._more_minutes or config.max_minutes <= 0 or int(checkpoint["step"]) >= config.max_iters:
+            return
+        if float(checkpoint["elapsed"]) >= config.max_minutes * 60:
+            raise InputError(f"run {run.id} has used its time budget ({config.max_minutes:g} min over the "
+                             "whole run); resume with --max-minutes M to train M more minutes")
+
+    def _rebuild(self, run: Run, config: Config, vocab: int, checkpoint: dict, problem: str) -> None:
+        """Rewrite state.json and model.safetensors from the sound checkpoint when they are damaged, so the
+        resumed run can be talked to and listed again whatever happens next."""
+        if not state_readable(run):
+            run.file(STATE).unlink(missing_ok=True)
+            run.write_state(status="stopped", step=int(checkpoint["step"]),
+                            best_val_loss=_finite(float(checkpoint["best_val_loss"])),
+                            best_val_bpb=checkpoint.get("best_val_bpb"),
+                            duration=round(float(checkpoint["elapsed"]), 1))
+            self.log("repaired: state.json was unreadable; rebuilt from checkpoint.pt "
+                     f"(step {checkpoint['step']})")
+        if check_files(run) is None:
+            return
+        model = GPT(ModelConfig.from_config(config, vocab))
+        model.load_state_dict(checkpoint["model"])
+        save_weights(run, model)
+        step = int(checkpoint["step"])
+        best = [m for m in run.metrics() if m.get("type") == "eval" and m.get("best") and m["step"] <= step]
+        which = ("the best weights" if best and best[-1]["step"] == step else
+                 "the latest weights, not necessarily the best: the next evaluation replaces them if worse")
+        self.log(f"repaired: model.safetensors was damaged ({problem}); rebuilt from checkpoint.pt: "
+                 f"step {step}, {which}")
+        problem = check_files(run)
+        if problem:
+            raise DamagedRun(f"run {run.id} is damaged: {problem}")
 
     # --- the loop --------------------------------------------------------------------------------------------
 
@@ -338,6 +405,9 @@ class TrainJob:
                     pass
             self._fail(message, started)
             raise TrainingFailed(message) from exc
+        finally:
+            if self._claim is not None:
+                self._claim.release()
 
     @property
     def owned_run(self) -> Run | None:
@@ -430,7 +500,8 @@ class TrainJob:
         n_acc = 0
         last_tps = 0.0
         reason = "reached max_iters"
-        deadline = t_start + config.max_minutes * 60 - elapsed_before if config.max_minutes > 0 else None
+        spent = 0.0 if self._more_minutes else elapsed_before
+        deadline = t_start + config.max_minutes * 60 - spent if config.max_minutes > 0 else None
 
         def elapsed() -> float:
             return elapsed_before + time.time() - t_start
@@ -650,9 +721,29 @@ def _load_source_weights(source: FineTuneSource, config: Config, vocab_size: int
     try:
         load_model(model, str(source.weights))
     except Exception as exc:  # safetensors' own errors, a shape or a name that does not fit
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise DamagedRun(f"run {source.run.id}'s weights cannot be loaded: {first}") from None
+        raise DamagedRun(f"run {source.run.id} is damaged: {load_error(exc)}") from None
     return model.state_dict()
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "step", "best_val_loss", "bad_evals", "elapsed", "batch_rng",
+                   "torch_rng")
+
+
+def checkpoint_problem(checkpoint: dict, config: Config, vocab_size: int) -> str | None:
+    """Why a loaded checkpoint cannot resume a model with these settings, or None (checked on shapes alone,
+    on the meta device: nothing is allocated)."""
+    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        return f"checkpoint.pt is incomplete (no {', '.join(missing)})"
+    saved = checkpoint["model"]
+    if not isinstance(saved, dict) or not all(isinstance(v, torch.Tensor) for v in saved.values()):
+        return "checkpoint.pt holds no model weights"
+    with torch.device("meta"):
+        expected = GPT(ModelConfig.from_config(config, vocab_size)).state_dict()
+    odd = sorted(set(saved) ^ set(expected)) or [k for k in expected if saved[k].shape != expected[k].shape]
+    if odd:
+        return f"checkpoint.pt does not match config.json ({odd[0]} differs, {len(odd)} in all)"
+    return None
 
 
 def save_weights(run: Run, model: GPT) -> None:

@@ -104,10 +104,11 @@ def test_settings_gpt2_cannot_express_are_named_in_one_line(home, run_id, tmp_pa
     shutil.copytree(home / "models" / run_id, modern)
     try:
         config = json.loads((modern / "config.json").read_text())
-        config["settings"].update(norm="rmsnorm", pos_embedding="rope")
+        # settings that keep the weights' shapes: one that changes them (rope) would make the run damaged
+        config["settings"].update(norm="rmsnorm", mlp="relu2")
         (modern / "config.json").write_text(json.dumps(config))
         result = gptui(home, "export", "modern", "--out", str(tmp_path / "hf"))
-        assert_one_line_error(result, 2, "GPT-2 cannot express", "pos_embedding=rope", "norm=rmsnorm")
+        assert_one_line_error(result, 2, "GPT-2 cannot express", "mlp=relu2", "norm=rmsnorm")
         assert not (tmp_path / "hf").exists()
     finally:
         shutil.rmtree(modern)

@@ -37,7 +37,7 @@ def write_fake_run(home: Path, run_id: str = FAKE_RUN, *, steps: int = 200, seed
                    created: str = "2024-01-02T03:04:05") -> Path:
     """A completed run folder with fixed config, state, metrics and log; its weights file holds only a
     header (enough for the run to count as loadable in listings)."""
-    from gptui.core.config import Config, config_to_dict
+    from gptui.core.config import Config, config_to_dict, estimate_params
 
     run = home / "models" / run_id
     run.mkdir(parents=True)
@@ -69,9 +69,16 @@ def write_fake_run(home: Path, run_id: str = FAKE_RUN, *, steps: int = 200, seed
         "2024-01-02 03:05:28  finished: completed (reached max_iters) after 200 steps\n"
     )
     (run / "tokenizer.json").write_text(json.dumps({"type": "gptui-char", "version": 1, "chars": chars}))
-    header = json.dumps({"lm_head.weight": {"dtype": "F32", "shape": [len(chars), 1],
-                                            "data_offsets": [0, 4 * len(chars)]}}).encode()
-    (run / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(4 * len(chars)))
+    # zeros in the shapes the settings give (an embedding, and the rest in one tensor): as many weights as the
+    # model has, so the run counts as loadable in listings (issue 21 checks the count against config.json)
+    config = Config(**settings)
+    emb, total = len(chars) * config.n_embd, estimate_params(config, len(chars))
+    header = json.dumps({
+        "lm_head.weight": {"dtype": "F32", "shape": [len(chars), config.n_embd],
+                           "data_offsets": [0, 4 * emb]},
+        "rest": {"dtype": "F32", "shape": [total - emb], "data_offsets": [4 * emb, 4 * total]},
+    }).encode()
+    (run / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(4 * total))
     return run
 
 

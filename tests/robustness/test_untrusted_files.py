@@ -12,7 +12,7 @@ import pytest
 import torch
 from support import gptui
 
-from gptui.core.errors import DamagedRun, InputError
+from gptui.core.errors import DamagedRun
 from gptui.core.generate import load_model
 from gptui.core.runs import RunStore
 from gptui.core.trainer import TrainJob
@@ -81,11 +81,12 @@ def test_a_checkpoint_crafted_to_run_code_is_refused(trained, tmp_path):
     with open(run.file("checkpoint.pt"), "wb") as f:
         pickle.dump({"model": RunsCode(str(marker))}, f)
     run.write_state(status="stopped")
-    with pytest.raises(InputError, match="cannot be loaded safely"):
+    with pytest.raises(DamagedRun, match="is damaged: checkpoint.pt is unreadable"):
         TrainJob(store.workspace, None, None, resume=run.id).run()
     assert not marker.exists()
     result = gptui(store.workspace.home, "train", "--resume", run.id)
-    assert result.returncode == 2 and "cannot be loaded safely" in result.stderr
+    # a damaged run is a failure, not bad usage (issue 21): exit 1, as generate and export say of it
+    assert result.returncode == 1 and "checkpoint.pt is unreadable" in result.stderr
     assert not marker.exists()
     assert run.read_state()["status"] == "stopped"  # a refused resume leaves the run as it was
 
@@ -94,7 +95,7 @@ def test_a_crafted_torch_zip_checkpoint_is_refused(trained, tmp_path):
     store, run, _ = trained
     marker = tmp_path / "pwned"
     torch.save({"model": RunsCode(str(marker))}, run.file("checkpoint.pt"))
-    with pytest.raises(InputError):
+    with pytest.raises(DamagedRun, match="cannot be loaded safely"):
         TrainJob(store.workspace, None, None, resume=run.id).run()
     assert not marker.exists()
 

@@ -23,7 +23,7 @@ from gptui.core.config import config_to_dict
 from gptui.core.errors import GptuiError
 from gptui.core.export import export_run, export_target_problem
 from gptui.core.finetune import fine_tune_source
-from gptui.core.runs import Run, RunInfo, RunStore
+from gptui.core.runs import Run, RunInfo, RunStore, resume_mends
 from gptui.core.workspace import Workspace
 from gptui.tui.formatting import human_bytes, human_duration, human_number, loss_text
 from gptui.tui.widgets.loss_plot import LossPlot
@@ -329,8 +329,11 @@ class RunsTab(Vertical):
         info = self._current_or_warn()
         if info is None:
             return
-        if info.status not in RESUMABLE:
+        mends = info.status == "damaged" and resume_mends(Run(Path(info.path)))  # rebuilt from its checkpoint
+        if info.status not in RESUMABLE and not mends:
             why = "it is still training" if info.status == "running" else f"it is {info.status}"
+            if info.damaged:
+                why += f" ({info.damaged})"
             self.notify(f"Cannot resume {info.id}: {why}.", severity="warning")
             return
         self.post_message(self.ResumeInTrain(info.id))

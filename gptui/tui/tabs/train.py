@@ -22,7 +22,7 @@ from textual.worker import Worker, WorkerState
 
 from gptui.core import events as ev
 from gptui.core.config import Config, estimate_params, tokens_per_step
-from gptui.core.errors import GptuiError
+from gptui.core.errors import DamagedRun, GptuiError, RunBusy
 from gptui.core.finetune import MODEL_SHAPE
 from gptui.core.runs import Run
 from gptui.core.workspace import Workspace
@@ -45,9 +45,10 @@ class TrainTab(Vertical):
             self.event = event
 
     class Failed(Message):
-        def __init__(self, text: str) -> None:
+        def __init__(self, text: str, title: str = "Training failed") -> None:
             super().__init__()
             self.text = text
+            self.title = title
 
     class ProcessesChanged(Message):
         """The processes setting changed to a valid number (the Model tab's tokens per step follow it)."""
@@ -289,6 +290,8 @@ class TrainTab(Vertical):
             job.stop("stopped by user")
         try:
             job.run()
+        except (RunBusy, DamagedRun) as exc:  # refused before training: another writer, or a broken run
+            self.post_message(self.Failed(str(exc), "Cannot resume" if resume else "Cannot start"))
         except GptuiError as exc:
             self.post_message(self.Failed(str(exc)))
         except Exception as exc:  # never a traceback on screen: one line, the log has the rest
@@ -328,8 +331,9 @@ class TrainTab(Vertical):
         self.show_event(message.event)
 
     def on_train_tab_failed(self, message: Failed) -> None:
-        self.notify(message.text, severity="error", title="Training failed")
-        self._set_status(f"failed: {message.text}")
+        self.notify(message.text, severity="error", title=message.title)
+        refused = message.title != "Training failed"  # nothing was trained: the run is as it was
+        self._set_status(f"{'refused' if refused else 'failed'}: {message.text}")
 
     def show_event(self, e: ev.Event) -> None:
         """Put one engine event on screen (public so tests and snapshots can feed fixed events)."""
