@@ -44,6 +44,7 @@ from gptui.core.generate import TrainingSampler
 from gptui.core.model import GPT, ModelConfig
 from gptui.core.runs import CHECKPOINT, TOKENIZER, WEIGHTS, NullRun, Run, RunStore, pid_alive
 from gptui.core.tokenizer import load_tokenizer
+from gptui.core.trackers import TrackerListener, check_available, open_trackers
 from gptui.core.workspace import Workspace
 
 REPORT_SECONDS = 0.5  # at most this long between step events (the only place the loss is read back)
@@ -51,7 +52,7 @@ STATE_SECONDS = 5.0  # heartbeat of state.json, so other processes can watch the
 CHECKPOINT_SECONDS = 300.0  # a checkpoint at least this often, so a kill costs minutes, not hours
 RESUMABLE_SETTINGS = {
     "max_iters", "eval_interval", "eval_iters", "sample_interval", "sample_tokens", "patience", "max_minutes",
-    "device", "dtype", "compile",
+    "device", "dtype", "compile", "trackers", "tracker_project",
 }
 
 Listener = Callable[[ev.Event], None]
@@ -113,6 +114,9 @@ class TrainJob:
         self._tokenizer_source = ""  # whose it is, in words
         self._source: FineTuneSource | None = None
         self._init_state: dict | None = None  # the source run's weights, checked before the new run is created
+        self._trackers: list = []  # TensorBoard, W&B: listeners of the main rank, opened by its Started event
+        self._failed_listeners: set[int] = set()  # each listener's first error is logged, then no more
+        self._early_lines: list[str] = []  # logged before the run folder existed, written to it when it does
 
     def stop(self, reason: str = "stopped by user") -> None:
         self.stop_reason = reason
@@ -123,15 +127,25 @@ class TrainJob:
         return self._stop.is_set()
 
     def emit(self, event: ev.Event) -> None:
-        try:
-            self.on_event(event)
-        except Exception:  # a broken listener must not kill a training run
-            pass
+        for listener in (self.on_event, *self._trackers):
+            try:
+                listener(event)
+            except Exception as exc:  # a broken listener must not kill a training run, nor fail unseen
+                if id(listener) not in self._failed_listeners:
+                    self._failed_listeners.add(id(listener))  # first, so the log line below cannot recurse
+                    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                    line = (f"warning: {_listener_name(listener)} failed ({type(exc).__name__}: {first}); "
+                            "training goes on without it")
+                    if self.run_dir is None:  # preparing the data: the run's log does not exist yet
+                        self._early_lines.append(line)
+                    self.log(line)
 
     def log(self, line: str) -> None:
         if self.run_dir is not None:
+            lines, self._early_lines = [*self._early_lines, line], []
             try:
-                self.run_dir.log(line)
+                for text in lines:
+                    self.run_dir.log(text)
             except OSError:
                 pass
         self.emit(ev.Log(line))
@@ -203,6 +217,7 @@ class TrainJob:
             if fixed:
                 raise InputError(f"cannot change {', '.join(fixed)} when resuming (only schedule and hardware)")
             config = updated
+            check_available(config.trackers)
             corpus = self.workspace.corpus_path(saved.get("corpus", ""))
             self._corpus_name = corpus.name
             checkpoint = self._load_checkpoint(run)
@@ -235,6 +250,7 @@ class TrainJob:
         else:
             config = self.config
         config = check(config)
+        check_available(config.trackers)  # before the run folder exists
         corpus = self.workspace.corpus_path(self.corpus or "")
         self._corpus_name = corpus.name
         dataset = self._prepare(corpus, config)
@@ -338,6 +354,17 @@ class TrainJob:
                     pass
             self._fail(message, started)
             raise TrainingFailed(message) from exc
+        finally:
+            self._close_trackers()
+
+    def _close_trackers(self) -> None:
+        """Normally closed by the Finished event; this covers a run that ends any other way (a second ctrl-c)."""
+        for tracker in self._trackers:
+            try:
+                tracker.close(failed=True)
+            except Exception:
+                pass  # the run is over; its own error (if any) is the one to report
+        self._trackers = []
 
     @property
     def owned_run(self) -> Run | None:
@@ -411,6 +438,8 @@ class TrainJob:
                      f"{'es' if saved_world > 1 else ''}, this run has {dist.world_size}, so each step draws "
                      "other rows than an uninterrupted run would")
         self._log_prepare(data)
+        if dist.is_main:
+            self._trackers = open_trackers(config.trackers, config.tracker_project, run, self.log)
         self.emit(ev.Started(run.id, str(run.path), params, device, dtype, step, config.max_iters,
                              config_to_dict(config), dist.world_size))
 
@@ -662,6 +691,13 @@ def _sample_prompt(data: Dataset) -> list[int]:
     except InputError:
         ids = []
     return ids or [int(data.val[0])]
+
+
+def _listener_name(listener: Listener) -> str:
+    """A tracker says which ("wandb tracker"); any other listener goes by its function's or class's name."""
+    if isinstance(listener, TrackerListener):
+        return repr(listener)
+    return f"listener {getattr(listener, '__qualname__', type(listener).__name__)}"
 
 
 def _finite(x: float) -> float | None:
