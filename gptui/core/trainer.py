@@ -645,7 +645,7 @@ class TrainJob:
         return finished
 
     def _fit_schedule(self, run: Run, config: Config, step: int, seconds_per_step: float, elapsed: float) -> Config:
-        """The run's config with max_iters where the time budget ends (the warm-up and cosine end there), recorded
+        """The run's config with max_iters where the time budget ends (the cosine ends there), recorded
         in config.json and the log. Every rank fits the same step from the ranks' mean times."""
         seconds_per_step = self.dist.mean(seconds_per_step)
         left = self.dist.mean(config.max_minutes * 60 - elapsed)

@@ -117,3 +117,31 @@ def test_without_a_budget_nothing_is_timed_and_max_iters_holds(workspace, corpus
     assert clock.readings == 0 and "schedule" not in run.read_config()
     assert finished.step == 20 and finished.reason == "reached max_iters"
     assert "schedule:" not in run.file("train.log").read_text()
+
+
+def test_another_rank_takes_the_schedule_rank_0_fitted_when_resuming(workspace, corpus, budgeted, monkeypatch):
+    """A resumed run's other ranks get the fitted end from rank 0 (which read config.json), so every rank stops
+    at the same step and none times anything."""
+    from gptui.core.data import TokenizerSpec, prepare
+    from gptui.core.distributed import Dist
+
+    stopped, _ = train(workspace, budgeted, FakeClock(1.0), monkeypatch, stop_at_eval=10)
+    schedule = RunStore(workspace).resolve(stopped.run_id).read_config()["schedule"]
+    data = prepare(corpus, TokenizerSpec.from_config(budgeted), workspace.cache)
+
+    class SecondRank(Dist):
+        def __init__(self):
+            self.rank, self.world_size = 1, 2
+
+        def from_main(self, work):
+            return {"run_id": stopped.run_id, "settings": dataclasses.asdict(budgeted), "corpus": "tiny.txt",
+                    "corpus_sha256": data.corpus_sha256, "tokens": len(data.tokens), "resume": True,
+                    "schedule": schedule}
+
+        def gather(self, value):
+            return [value, value]
+
+    clock = FakeClock(10.0)
+    monkeypatch.setattr(trainer, "step_clock", clock)
+    finished = TrainJob(workspace, None, None, dist=SecondRank()).run()
+    assert clock.readings == 0 and finished.step == schedule["max_iters"]
