@@ -1,6 +1,6 @@
 """gptui's benchmarks against the targets in PRODUCT.md.
 
-    python bench/run.py [--quick] [--only NAME ...] [--json FILE]
+    python bench/run.py [--quick | --smoke] [--only NAME ...] [--json FILE]
 
 NAME is one of: train_throughput, kv_cache, generation, train_sample_overhead, tokenizer, time_to_quality,
 tui_first_frame, ddp_scaling (each adds one or more rows).
@@ -11,11 +11,15 @@ exactly those keys. `ok` is true/false for a row with a target and null for an i
 Every comparison runs both sides in the same process, alternating, several times, and reports the median: the
 machine is shared, so absolute numbers drift with load but ratios measured this way hold. Everything written
 (workspaces, caches, the generated 100 MB corpus) lives in a temporary folder removed at exit.
+
+`--smoke` runs every group on tiny shapes in seconds and only checks that each row has a value: it exits 1 when a
+group fails or a row is n/a, whatever the targets say (tests/bench runs it, so a broken benchmark fails the suite).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -24,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -50,10 +54,22 @@ class Plan:
     time_to_quality: bool
     tui_reps: int
     peak_sizes: tuple[int, ...]
+    # --smoke: tiny shapes, so every group runs in seconds; a group that ignores these runs its quick shape
+    smoke: bool = False
+    model: dict = field(default_factory=dict)  # overrides of every model trained or decoded (smoke: a tiny one)
+    decode_tokens: int | None = None  # tokens per decoding pass (None: each group's own)
+    tok_chars: int | None = None  # slice of the sample the tokenizer group trains and encodes (None: all of it)
+    tok_vocab: int = 1024
+    ttq_minutes: float = 4.0  # time_to_quality's budget per recipe
+    ddp_steps: int | None = None  # ddp_scaling's steps per run (None: 40 quick, 150 full)
 
 
 QUICK = Plan(True, 4, 1, 75.0, 3, 50_000, 1, 0, False, 3, (2048, 4096))
 FULL = Plan(False, 11, 3, None, 5, None, 1, 100, True, 5, (2048, 3072, 4096))
+# one block 32 wide, 32 tokens of context, batch 4, char-level: each group's machinery, not its numbers
+TINY_MODEL = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=4, tokenizer="char")
+SMOKE = Plan(True, 3, 1, 5.0, 1, 2_000, 1, 0, True, 1, (128,), smoke=True, model=TINY_MODEL, decode_tokens=8,
+             tok_chars=20_000, tok_vocab=300, ttq_minutes=0.02, ddp_steps=3)
 
 
 @dataclass
@@ -129,7 +145,8 @@ def bench_train_throughput(plan: Plan, tmp: Path) -> list[Row]:
     ws = Workspace(tmp / "throughput").ensure()
     n = plan.train_steps
     # eval_iters=1 and no samples keep the one evaluation at the end short; nothing else differs from the preset
-    config = apply_overrides(preset_config("lecture"), {"max_iters": n, "eval_iters": 1, "sample_interval": 0})
+    config = apply_overrides(preset_config("lecture"), {"max_iters": n, "eval_iters": 1, "sample_interval": 0,
+                                                        "warmup_iters": 0, **plan.model})
     dtype = pick_dtype(config.dtype, "cpu")
     data = prepare(ws.corpus_path("tinyshakespeare"), TokenizerSpec.from_config(config), ws.cache)
     vocab = data.tokenizer.vocab_size
@@ -168,7 +185,8 @@ def bench_train_throughput(plan: Plan, tmp: Path) -> list[Row]:
         event_out.append(time.perf_counter())
 
     log(f"train_throughput: {n} steps of TrainJob(lecture, {dtype}) alternating with the lecture's model (fp32)")
-    finished = TrainJob(ws, "tinyshakespeare", config, name="bench-throughput", on_event=on_event).run()
+    with report_every_step(plan.smoke):
+        finished = TrainJob(ws, "tinyshakespeare", config, name="bench-throughput", on_event=on_event).run()
     peaks.append(matmul_peak(dtype, plan.peak_sizes))
     peak_fp32 = max(peak_fp32, matmul_peak("float32", plan.peak_sizes[:1]))
     if errors:
@@ -203,20 +221,35 @@ def bench_train_throughput(plan: Plan, tmp: Path) -> list[Row]:
     ]
 
 
+@contextlib.contextmanager
+def report_every_step(on: bool):
+    """A lecture-size step outlasts the trainer's report interval, so each one sends a step event; a smoke run's
+    tiny steps do not, so there the interval is lifted for the run."""
+    from gptui.core import trainer
+
+    saved = trainer.REPORT_SECONDS
+    trainer.REPORT_SECONDS = 0.0 if on else saved
+    try:
+        yield
+    finally:
+        trainer.REPORT_SECONDS = saved
+
+
 # --- 2. KV cache ---------------------------------------------------------------------------------------------
 
 
-def lecture_model(dtype_name: str = "float32"):
+def lecture_model(dtype_name: str = "float32", overrides: dict | None = None):
     """The lecture preset's model (char vocabulary of the sample, random weights) in `dtype_name`, prepared for
-    decoding as `gptui generate` prepares a saved one (`prepare_for_inference`)."""
+    decoding as `gptui generate` prepares a saved one (`prepare_for_inference`); `overrides` change its shape."""
     import torch
 
-    from gptui.core.config import preset_config
+    from gptui.core.config import apply_overrides, preset_config
     from gptui.core.generate import prepare_for_inference
     from gptui.core.model import GPT, ModelConfig
 
     torch.manual_seed(0)
-    return prepare_for_inference(GPT(ModelConfig.from_config(preset_config("lecture"), 65)), "cpu", dtype_name)
+    config = apply_overrides(preset_config("lecture"), overrides or {})
+    return prepare_for_inference(GPT(ModelConfig.from_config(config, 65)), "cpu", dtype_name)
 
 
 def lockstep(generators: dict, n: int, cap: float | None = None) -> tuple[dict, int]:
@@ -245,17 +278,17 @@ def bench_kv_cache(plan: Plan, tmp: Path) -> list[Row]:
     from gptui.core.device import pick_inference_dtype
     from gptui.core.generate import sample_ids
 
-    n_tokens = 500
+    n_tokens = plan.decode_tokens or 500
     auto = pick_inference_dtype("auto", "cpu")
     rows: list[Row] = []
     for dtype in dict.fromkeys(("float32", auto)):
-        model = lecture_model(dtype)
+        model = lecture_model(dtype, plan.model)
 
         def gens(model=model):
             return {c: sample_ids(model, [0], n_tokens, 1.0, 0, 1.0, torch.Generator().manual_seed(1), c)
                     for c in (True, False)}
 
-        lockstep(gens(), 20)  # warm-up
+        lockstep(gens(), min(20, n_tokens))  # warm-up
         log(f"kv_cache: {plan.kv_reps} pass(es) of {n_tokens} tokens with and without the cache in lockstep, "
             f"{dtype}, block {model.config.block_size}")
         cached, full, counts = [], [], []
@@ -299,7 +332,7 @@ def bench_generation(plan: Plan, tmp: Path) -> list[Row]:
     from gptui.core.device import cpu_has_bf16, pick_inference_dtype
     from gptui.core.generate import sample_batch
 
-    n_tokens = 200 if plan.quick else 500
+    n_tokens = plan.decode_tokens or (200 if plan.quick else 500)
     rows: list[Row] = []
 
     def decode(model, batch: int, seed: int = 1):
@@ -307,8 +340,8 @@ def bench_generation(plan: Plan, tmp: Path) -> list[Row]:
                             num_samples=batch)
 
     if cpu_has_bf16():
-        models = {d: lecture_model(d) for d in ("float32", "bfloat16")}
-        lockstep({d: decode(m, 1) for d, m in models.items()}, 20)
+        models = {d: lecture_model(d, plan.model) for d in ("float32", "bfloat16")}
+        lockstep({d: decode(m, 1) for d, m in models.items()}, min(20, n_tokens))
         log(f"gen_tok_s: {n_tokens} tokens, float32 and bfloat16 weights in lockstep")
         s, done = lockstep({d: decode(m, 1) for d, m in models.items()}, n_tokens)
         fp32, bf16 = done / s["float32"], done / s["bfloat16"]
@@ -323,8 +356,8 @@ def bench_generation(plan: Plan, tmp: Path) -> list[Row]:
         rows.append(Row("gen_tok_s_bf16", "n/a", "tok/s", "", None, "this CPU has no native bfloat16"))
 
     dtype = pick_inference_dtype("auto", "cpu")
-    model = lecture_model(dtype)
-    lockstep({1: decode(model, 1), 8: decode(model, 8)}, 10)
+    model = lecture_model(dtype, plan.model)
+    lockstep({1: decode(model, 1), 8: decode(model, 8)}, min(10, n_tokens))
     log(f"gen_batch: {n_tokens} steps of 1 and of 8 samples in lockstep ({dtype})")
     s, done = lockstep({1: decode(model, 1), 8: decode(model, 8)}, n_tokens)
     one, eight = done / s[1], 8 * done / s[8]
@@ -345,7 +378,10 @@ def bench_train_sample_overhead(plan: Plan, tmp: Path) -> list[Row]:
     from gptui.core.workspace import Workspace
 
     config = preset_config("tiny")
-    if plan.quick:
+    if plan.smoke:
+        config = apply_overrides(config, {**plan.model, "max_iters": 4, "warmup_iters": 1, "sample_interval": 4,
+                                          "eval_iters": 1, "sample_tokens": 8})
+    elif plan.quick:
         config = apply_overrides(config, {"max_iters": config.sample_interval})
     spent: list[float] = []
     ws = Workspace(tmp / "samples").ensure()
@@ -373,9 +409,14 @@ def bench_tokenizer(plan: Plan, tmp: Path) -> list[Row]:
     from gptui.core.data import TokenizerSpec, prepare
     from gptui.core.tokenizer import train_tokenizer
 
-    vocab = 1024
+    vocab = plan.tok_vocab
     corpus = sample_corpus()
     text = corpus.read_text(encoding="utf-8")
+    if plan.tok_chars is not None:
+        corpus = tmp / "sample-slice.txt"
+        text = text[: plan.tok_chars]
+        corpus.parent.mkdir(parents=True, exist_ok=True)
+        corpus.write_text(text, encoding="utf-8")
 
     def ours(s: str) -> float:
         t = time.perf_counter()
@@ -496,13 +537,14 @@ def bench_time_to_quality(plan: Plan, tmp: Path) -> list[Row]:
     from gptui.core.trainer import TrainJob
     from gptui.core.workspace import Workspace
 
-    budget = 4.0
+    budget = plan.ttq_minutes
     ws = Workspace(tmp / "ttq").ensure()
     results = {}
+    small = {**plan.model, "eval_iters": 2} if plan.smoke else {}
     for label, config in (
-        ("tiny", apply_overrides(preset_config("tiny"), {"max_minutes": budget})),
-        ("tiny-classic", apply_overrides(preset_config("tiny-classic"), {"max_minutes": budget})),
-        ("nanogpt", nanogpt_recipe(budget)),
+        ("tiny", apply_overrides(preset_config("tiny"), {"max_minutes": budget, **small})),
+        ("tiny-classic", apply_overrides(preset_config("tiny-classic"), {"max_minutes": budget, **small})),
+        ("nanogpt", apply_overrides(nanogpt_recipe(budget), small)),
     ):
         evals: list[ev.Eval] = []
 
@@ -574,8 +616,9 @@ def bench_tui_first_frame(plan: Plan, tmp: Path) -> list[Row]:
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TEXTUAL_ANIMATIONS": "none"}
     times, infos = [], []
-    log(f"tui_first_frame: {plan.tui_reps} launches (+1 warm-up)")
-    for rep in range(plan.tui_reps + 1):
+    warm_up = 0 if plan.smoke else 1  # a smoke run checks that the app starts, not how fast
+    log(f"tui_first_frame: {plan.tui_reps} launches (+{warm_up} warm-up)")
+    for rep in range(plan.tui_reps + warm_up):
         t0 = time.monotonic()
         proc = subprocess.run([sys.executable, "-c", FIRST_FRAME_SCRIPT, str(home)], capture_output=True,
                               text=True, timeout=120, env=env, cwd=tmp)
@@ -583,7 +626,7 @@ def bench_tui_first_frame(plan: Plan, tmp: Path) -> list[Row]:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
             return [Row(name, "n/a", "s", target, False, f"the app did not start headless: {tail}")]
         info = json.loads(proc.stdout.strip().splitlines()[-1])
-        if rep:  # the first launch warms the disk cache and compiles bytecode
+        if rep >= warm_up:  # the first launch warms the disk cache and compiles bytecode
             times.append(info["first_frame"] - t0)
             infos.append(info)
     secs = median(times)
@@ -607,16 +650,18 @@ def bench_ddp_scaling(plan: Plan, tmp: Path) -> list[Row]:
     job's (the ranks' sum), from the command's JSON summary. Informational: on 2 cores the second rank takes the
     core the first one leaves, and both pay the gradient all-reduce each step."""
     cores = os.cpu_count() or 1
-    steps = 40 if plan.quick else 150
+    steps = plan.ddp_steps or (40 if plan.quick else 150)
     home = tmp / "ddp"
     (home / "inputs").mkdir(parents=True, exist_ok=True)
     (home / "inputs" / "sample.txt").write_bytes(sample_corpus().read_bytes())
     settings = {"n_layer": 2, "n_head": 4, "n_embd": 128, "block_size": 128, "batch_size": 16, "tokenizer": "char",
-                "max_iters": steps, "warmup_iters": 5, "eval_interval": steps, "eval_iters": 2, "sample_interval": 0,
-                "device": "cpu", "dtype": "float32"}
+                "max_iters": steps, "warmup_iters": min(5, steps - 1), "eval_interval": steps, "eval_iters": 2,
+                "sample_interval": 0, "device": "cpu", "dtype": "float32"} | plan.model
     sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
     base = [sys.executable, "-m", "gptui", "--home", str(home)]
-    subprocess.run(base + ["prepare", "--input", "sample", "--tokenizer", "char"], check=True, capture_output=True)
+    if not plan.smoke:  # prepared once, so neither run times the encoding (a smoke run saves the process)
+        subprocess.run(base + ["prepare", "--input", "sample", "--tokenizer", "char"], check=True,
+                       capture_output=True)
     results = {}
     threads = max(1, cores // 2)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -680,15 +725,18 @@ def print_table(rows: list[Row]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions and a smaller BPE comparison "
-                        "(same shapes), no time_to_quality and no 100 MB corpus; under 3 minutes on 2 cores")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="fewer repetitions and a smaller BPE comparison "
+                      "(same shapes), no time_to_quality and no 100 MB corpus; under 3 minutes on 2 cores")
+    mode.add_argument("--smoke", action="store_true", help="every group on tiny shapes in seconds; exits 1 "
+                      "when a row has no value (targets are not checked)")
     parser.add_argument("--only", nargs="+", choices=GROUPS, metavar="NAME",
                         help=f"run only these groups: {', '.join(GROUPS)}")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON to FILE")
     args = parser.parse_args(argv)
-    plan = QUICK if args.quick else FULL
+    plan = SMOKE if args.smoke else QUICK if args.quick else FULL
     groups = [g for g in GROUPS if (args.only is None or g in args.only)]
-    if plan.quick and args.only is None:
+    if plan.quick and not plan.smoke and args.only is None:
         groups.remove("time_to_quality")
 
     started = time.perf_counter()
@@ -708,12 +756,27 @@ def main(argv: list[str] | None = None) -> int:
             rows.extend(new)
     print()
     print_table(rows)
-    print(f"\n{'quick' if plan.quick else 'full'} run, {time.perf_counter() - started:.0f}s; "
+    kind = "smoke" if plan.smoke else "quick" if plan.quick else "full"
+    print(f"\n{kind} run, {time.perf_counter() - started:.0f}s; "
           f"{os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M')}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps([r.as_json() for r in rows], indent=2) + "\n")
+    if plan.smoke:
+        return smoke_verdict(rows)
     return 0 if all(r.ok is not False for r in rows) else 1
+
+
+def smoke_verdict(rows: list[Row]) -> int:
+    """A smoke run passes when every row has a value. An informational row (no target) may say n/a where this
+    machine lacks what it compares (bfloat16 on a CPU without it); a failed group's row and a row with a
+    target never may."""
+    empty = [r.name for r in rows if r.value == "n/a" and r.ok is not None]
+    if empty:
+        print(f"smoke: no value for {', '.join(empty)}", file=sys.stderr)
+        return 1
+    print(f"smoke: all {len(rows)} rows have a value")
+    return 0
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ GROUPS = {
     "optim": "Optimisation",
     "schedule": "Schedule and evaluation",
     "hardware": "Hardware",
+    "track": "Tracking",
 }
 
 MAX_UINT16_VOCAB = 65536  # tokens are stored as uint16 up to this vocabulary size, uint32 above
@@ -86,6 +87,11 @@ class Setting:
                 raise ValueError(f"{self.name} must be a finite number, not {_echo(raw)}")
             return value
         text = str(raw).strip()
+        if self.choices and text not in self.choices and "," in text:
+            # a set of choices in any order and spacing, stored as the declared one ("wandb, tensorboard")
+            parts = {p.strip() for p in text.split(",")}
+            if parts <= set(self.choices):
+                text = ",".join(c for c in self.choices if c in parts)
         if self.choices and text not in self.choices:
             raise ValueError(f"{self.name} must be one of {', '.join(self.choices)}, not {_echo(raw)}")
         return text
@@ -211,7 +217,13 @@ SETTINGS: tuple[Setting, ...] = (
        choices=("auto", "float32", "bfloat16", "float16")),
     _s("compile", bool, False, "hardware", "torch.compile the model (falls back to eager if it fails)."),
     _s("seed", int, 1337, "hardware", "Random seed for initialisation, batches and dropout.", min=0, max=2**32 - 1),
+    # experiment trackers (gptui.core.trackers), on the main process only
+    _s("trackers", str, "none", "track", "Also log the run to TensorBoard, W&B or both (W&B offline unless logged in).",
+       choices=("none", "tensorboard", "wandb", "tensorboard,wandb")),
+    _s("tracker_project", str, "gptui", "track", "W&B project the run is logged to."),
 )
+
+TRACKER_PROJECT_FORBIDDEN = '/\\#?%:'  # W&B refuses these in a project name
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
@@ -301,6 +313,12 @@ def validate(config: Config) -> dict[str, str]:
         problems["warmup_iters"] = (
             f"warmup_iters ({config.warmup_iters}) must be smaller than max_iters ({config.max_iters})"
         )
+    project = config.tracker_project
+    bad_project = "tracker_project" not in problems and (
+        not 0 < len(project) <= 128 or set(project) & set(TRACKER_PROJECT_FORBIDDEN))
+    if bad_project:
+        problems["tracker_project"] = (f"tracker_project must be 1 to 128 characters without any of "
+                                       f"{' '.join(TRACKER_PROJECT_FORBIDDEN)}")
     return problems
 
 

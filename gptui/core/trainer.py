@@ -58,14 +58,22 @@ from gptui.core.runs import (
     tokenizer_vocab_size,
 )
 from gptui.core.tokenizer import load_tokenizer
+from gptui.core.trackers import TrackerListener, check_available, open_trackers
 from gptui.core.workspace import Workspace
 
 REPORT_SECONDS = 0.5  # at most this long between step events (the only place the loss is read back)
 STATE_SECONDS = 5.0  # heartbeat of state.json, so other processes can watch the run
 CHECKPOINT_SECONDS = 300.0  # a checkpoint at least this often, so a kill costs minutes, not hours
+# With a time budget the schedule ends where the budget does: after FIT_SKIP_STEPS untimed steps (allocation, cold
+# caches), FIT_STEPS are timed, and the steps that fit are fixed once, recorded in config.json ("schedule") and
+# kept by a resume, so a run's learning rates do not depend on how the machine's load varies later.
+FIT_SKIP_STEPS = 2
+FIT_STEPS = 8
+BUDGET_MARGIN = 0.97  # of the time left: samples and checkpoints are not estimated
+step_clock = time.perf_counter  # what the fit times steps with (tests put a fake clock here)
 RESUMABLE_SETTINGS = {
     "max_iters", "eval_interval", "eval_iters", "sample_interval", "sample_tokens", "patience", "max_minutes",
-    "device", "dtype", "compile",
+    "device", "dtype", "compile", "trackers", "tracker_project",
 }
 
 Listener = Callable[[ev.Event], None]
@@ -76,7 +84,8 @@ class TrainingFailed(GptuiError):
 
 
 def lr_at(step: int, config: Config) -> float:
-    """Linear warm-up to lr, then cosine decay to min_lr at max_iters."""
+    """Linear warm-up to lr, then cosine decay to min_lr at max_iters (with a time budget, the step fitted to it:
+    the trainer replaces max_iters once it has timed the first steps)."""
     if step < config.warmup_iters:
         return config.lr * (step + 1) / (config.warmup_iters + 1)
     if step >= config.max_iters:
@@ -131,6 +140,10 @@ class TrainJob:
         # a resume given its own time budget trains that much more; without one, the run's budget covers its
         # whole time
         self._more_minutes = bool(resume) and "max_minutes" in self.overrides
+        self._trackers: list = []  # TensorBoard, W&B: listeners of the main rank, opened by its Started event
+        self._failed_listeners: set[int] = set()  # each listener's first error is logged, then no more
+        self._early_lines: list[str] = []  # logged before the run folder existed, written to it when it does
+        self._schedule: dict | None = None  # a resumed run's schedule fitted to its time budget (config.json)
 
     def stop(self, reason: str = "stopped by user") -> None:
         self.stop_reason = reason
@@ -141,15 +154,25 @@ class TrainJob:
         return self._stop.is_set()
 
     def emit(self, event: ev.Event) -> None:
-        try:
-            self.on_event(event)
-        except Exception:  # a broken listener must not kill a training run
-            pass
+        for listener in (self.on_event, *self._trackers):
+            try:
+                listener(event)
+            except Exception as exc:  # a broken listener must not kill a training run, nor fail unseen
+                if id(listener) not in self._failed_listeners:
+                    self._failed_listeners.add(id(listener))  # first, so the log line below cannot recurse
+                    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                    line = (f"warning: {_listener_name(listener)} failed ({type(exc).__name__}: {first}); "
+                            "training goes on without it")
+                    if self.run_dir is None:  # preparing the data: the run's log does not exist yet
+                        self._early_lines.append(line)
+                    self.log(line)
 
     def log(self, line: str) -> None:
         if self.run_dir is not None:
+            lines, self._early_lines = [*self._early_lines, line], []
             try:
-                self.run_dir.log(line)
+                for text in lines:
+                    self.run_dir.log(text)
             except OSError:
                 pass
         self.emit(ev.Log(line))
@@ -169,7 +192,7 @@ class TrainJob:
             return {"run_id": run.id, "settings": config_to_dict(config), "corpus": self._corpus_name,
                     "corpus_sha256": dataset.corpus_sha256, "tokens": len(dataset.tokens),
                     "resume": checkpoint is not None, "tokenizer_json": self._tokenizer_json,
-                    "tokenizer_source": self._tokenizer_source}
+                    "tokenizer_source": self._tokenizer_source, "schedule": self._schedule}
 
         shared = self.dist.from_main(main_setup)
         if self.dist.is_main:
@@ -185,6 +208,7 @@ class TrainJob:
         # weights reach every rank when DistributedDataParallel broadcasts rank 0's parameters
         self._tokenizer_json = shared.get("tokenizer_json")
         self._tokenizer_source = shared.get("tokenizer_source", "")
+        self._schedule = shared.get("schedule")
         dataset = self._prepare(self.workspace.corpus_path(shared["corpus"]), config)
         if dataset.corpus_sha256 != shared["corpus_sha256"] or len(dataset.tokens) != shared["tokens"]:
             raise InputError(f"rank {rank} sees a different corpus or tokenizer than rank 0 "
@@ -222,6 +246,7 @@ class TrainJob:
             if fixed:
                 raise InputError(f"cannot change {', '.join(fixed)} when resuming (only schedule and hardware)")
             config = updated
+            check_available(config.trackers)
             corpus = self.workspace.corpus_path(saved.get("corpus", ""))
             self._corpus_name = corpus.name
             checkpoint = self._load_checkpoint(run)
@@ -233,6 +258,7 @@ class TrainJob:
             self._refuse_spent_budget(run, config, checkpoint)
             self.run_dir = run
             self.log(f"resuming run {run.id} at step {checkpoint['step']}")
+            self._schedule = saved.get("schedule")
             if saved.get("init_from"):  # a fine-tune encodes with its source's tokenizer, kept in its own folder
                 try:
                     self._tokenizer_json = run.file(TOKENIZER).read_text(encoding="utf-8")
@@ -262,6 +288,7 @@ class TrainJob:
         else:
             config = self.config
         config = check(config)
+        check_available(config.trackers)  # before the run folder exists
         corpus = self.workspace.corpus_path(self.corpus or "")
         self._corpus_name = corpus.name
         dataset = self._prepare(corpus, config)
@@ -408,6 +435,16 @@ class TrainJob:
         finally:
             if self._claim is not None:
                 self._claim.release()
+            self._close_trackers()
+
+    def _close_trackers(self) -> None:
+        """Normally closed by the Finished event; this covers a run that ends any other way (a second ctrl-c)."""
+        for tracker in self._trackers:
+            try:
+                tracker.close(failed=True)
+            except Exception:
+                pass  # the run is over; its own error (if any) is the one to report
+        self._trackers = []
 
     @property
     def owned_run(self) -> Run | None:
@@ -485,6 +522,19 @@ class TrainJob:
                      f"{'es' if saved_world > 1 else ''}, this run has {dist.world_size}, so each step draws "
                      "other rows than an uninterrupted run would")
         self._log_prepare(data)
+        if dist.is_main:
+            self._trackers = open_trackers(config.trackers, config.tracker_project, run, self.log)
+        schedule = self._schedule if config.max_minutes > 0 else None
+        if schedule is not None:  # fitted before: kept for the same budget; for another, fitted again below
+            config = dataclasses.replace(config, max_iters=int(schedule["max_iters"]))
+            if schedule.get("max_minutes") == config.max_minutes:
+                self.log(f"schedule: ends at step {config.max_iters:,}, as fitted to the "
+                         f"{config.max_minutes:g}-minute budget when the run started")
+            else:
+                schedule = None
+        fit_from = step + FIT_SKIP_STEPS if config.max_minutes > 0 and schedule is None else -1
+        if fit_from >= 0 and config.max_iters <= fit_from + FIT_STEPS:  # it runs at least the steps it times
+            config = dataclasses.replace(config, max_iters=fit_from + FIT_STEPS + 1)
         self.emit(ev.Started(run.id, str(run.path), params, device, dtype, step, config.max_iters,
                              config_to_dict(config), dist.world_size))
 
@@ -502,6 +552,7 @@ class TrainJob:
         reason = "reached max_iters"
         spent = 0.0 if self._more_minutes else elapsed_before
         deadline = t_start + config.max_minutes * 60 - spent if config.max_minutes > 0 else None
+        t_fit, fitted = 0.0, schedule is not None
 
         def elapsed() -> float:
             return elapsed_before + time.time() - t_start
@@ -613,6 +664,12 @@ class TrainJob:
             step += 1
             # decided after the step, so the step that made a report due is in it, and the first one is reported
             stop, out_of_time, report_due, checkpoint_due = agree()
+            if step == fit_from:
+                t_fit = step_clock()
+            elif fit_from >= 0 and step == fit_from + FIT_STEPS:
+                config = self._fit_schedule(run, config, step, (step_clock() - t_fit) / FIT_STEPS,
+                                            deadline - time.time())
+                fitted = True
 
             last = step == config.max_iters or step % config.eval_interval == 0
             if report_due or last or step == start_step + 1:
@@ -639,8 +696,8 @@ class TrainJob:
         stopped = stop and not early_stop
         if stopped:
             reason = self.stop_reason if self.stopping else "stopped by another rank"
-        elif out_of_time and not early_stop:
-            reason = f"time budget of {config.max_minutes:g} min reached"
+        elif (out_of_time or fitted and step >= config.max_iters) and not early_stop:
+            reason = f"time budget of {config.max_minutes:g} min reached"  # or the steps fitted to it are done
         status = "stopped" if stopped else "completed"
         if step > 0 and last_eval_step != step:
             # a stop or the time budget ends between evaluations: measure where it got to, so what it learned
@@ -663,6 +720,19 @@ class TrainJob:
         self.emit(finished)
         return finished
 
+    def _fit_schedule(self, run: Run, config: Config, step: int, seconds_per_step: float, left: float) -> Config:
+        """The run's config with max_iters where the time budget ends (the cosine ends there), recorded
+        in config.json and the log. Every rank fits the same step from the ranks' mean times."""
+        seconds_per_step = self.dist.mean(seconds_per_step)
+        left = self.dist.mean(left)  # seconds to the deadline (a resume given a budget: that much more)
+        end = fit_to_budget(step, seconds_per_step, left, config, self.dist.world_size)
+        run.update_config(schedule={"max_iters": end, "max_minutes": config.max_minutes, "fitted_at_step": step,
+                                    "seconds_per_step": round(seconds_per_step, 6)})
+        self.log(f"schedule: {seconds_per_step * 1000:,.1f} ms a step (steps {step - FIT_STEPS + 1}-{step}), so "
+                 f"{end:,} steps fit the {config.max_minutes:g}-minute budget: the cosine ends at step {end:,} "
+                 f"instead of {config.max_iters:,}")
+        return dataclasses.replace(config, max_iters=end)
+
     def log_header(self, run: Run, config: Config, params: int, device: str, dtype: str, resumed: bool) -> None:
         if resumed:
             self.log(f"resumed on {device} ({dtype}), {params:,} parameters")
@@ -684,6 +754,16 @@ class TrainJob:
         width = max(map(len, settings))
         for key, value in settings.items():
             self.log(f"  {key:<{width}} = {value}")
+
+
+def fit_to_budget(step: int, seconds_per_step: float, seconds_left: float, config: Config,
+                  world_size: int = 1) -> int:
+    """The step a run now at `step`, taking `seconds_per_step`, should end its schedule at to use `seconds_left`:
+    the steps that fit, with an evaluation every eval_interval steps and one at the end (2 x eval_iters
+    micro-batches forward only, each about a third of a training micro-step, shared out over the ranks)."""
+    eval_seconds = seconds_per_step * 2 * config.eval_iters / (3 * config.grad_accum * world_size)
+    per_step = seconds_per_step + eval_seconds / config.eval_interval
+    return step + max(1, int((BUDGET_MARGIN * seconds_left - eval_seconds) / per_step))
 
 
 @torch.no_grad()
@@ -758,6 +838,13 @@ def _sample_prompt(data: Dataset) -> list[int]:
     except InputError:
         ids = []
     return ids or [int(data.val[0])]
+
+
+def _listener_name(listener: Listener) -> str:
+    """A tracker says which ("wandb tracker"); any other listener goes by its function's or class's name."""
+    if isinstance(listener, TrackerListener):
+        return repr(listener)
+    return f"listener {getattr(listener, '__qualname__', type(listener).__name__)}"
 
 
 def _finite(x: float) -> float | None:

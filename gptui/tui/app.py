@@ -150,7 +150,9 @@ class GptuiApp(App[None]):
             model.set_values(message.values)
 
     def on_model_tab_config_changed(self, message: ModelTab.ConfigChanged) -> None:
-        self.corpus_tab.set_tokenizer_values({k: message.values[k] for k in TOKENIZER_SETTINGS})
+        # the lazily mounted Model tab may announce its first values as the app is closing, its tabs gone
+        if (corpus := self._mounted(CorpusTab)) is not None:
+            corpus.set_tokenizer_values({k: message.values[k] for k in TOKENIZER_SETTINGS})
         self.config, self.problems = message.config, message.problems
         self._hand_down()
 

@@ -266,6 +266,22 @@ def test_the_runs_table_shows_status_and_date_at_80_columns(home: Path) -> None:
     asyncio.run(go())
 
 
+def test_a_model_tab_announcing_its_values_while_the_app_closes_does_not_crash_it(home: Path) -> None:
+    """The lazily mounted Model tab's first values can arrive when the tabs are already gone (an app closed right
+    after its first frame, as bench/run.py's tui_first_frame does): nothing is left to mirror them into."""
+    from gptui.tui.tabs.corpus import CorpusTab
+
+    async def go() -> None:
+        app = make_app(home, poll=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await started(pilot)
+            await app.query_one(CorpusTab).remove()
+            app.model_tab.revalidate()  # posts ConfigChanged, as its mount does
+            await pilot.pause()
+
+    asyncio.run(go())
+
+
 def test_loss_plot_labels_steps_as_whole_numbers() -> None:
     import re
 
