@@ -158,3 +158,18 @@ def test_a_new_run_is_claimed_from_its_first_file(small_workspace, small_config)
     run = RunStore(small_workspace).resolve(result.run_id)
     assert seen == [True] and not claimed(run.path)
     assert json.loads(run.file(CLAIM).read_text() or "null") is None  # no owner named once it ended
+
+
+@pytest.mark.slow
+def test_two_launches_of_one_run_at_once_one_trains_one_is_refused(stopped_run):
+    """`--nproc-per-node` launches: the launcher looks first, and rank 0 claims the run for the job."""
+    home = stopped_run.path.parent.parent
+    procs = [gptui_background(home, "train", "--resume", stopped_run.id, "--nproc-per-node", "1",
+                              "--max-minutes", "0.15", *SLOW) for _ in range(2)]
+    results = [(p, *p.communicate(timeout=300)) for p in procs]
+    assert sorted(p.returncode for p, _, _ in results) == [0, 2], [(p.returncode, e[-500:]) for p, _, e in results]
+    (_, _, refused), = [r for r in results if r[0].returncode == 2]
+    assert_one_line_error(subprocess.CompletedProcess([], 2, "", refused), 2,
+                          f"run {stopped_run.id} is already training in another process")
+    assert evals(stopped_run) == sorted(set(evals(stopped_run))), "an evaluation written twice"
+    assert stopped_run.read_state()["status"] == "completed"
