@@ -73,6 +73,10 @@ class GenerateTab(Vertical):
         self.workspace = workspace
         self.runs: dict[str, RunInfo] = {}
         self.run_id: str | None = None
+        # The run this app is training, and, once it ended, the run to select when a listing has its weights;
+        # a run the person picks here meanwhile cancels both (their choice stands).
+        self._training_run: str | None = None
+        self._select_when_listed: str | None = None
         self.turns: list[Turn] = []
         self.last_settings = SamplingSettings()
         self._loaded: Any = None  # gptui.core.generate.LoadedModel, cached between prompts
@@ -121,10 +125,13 @@ class GenerateTab(Vertical):
     # --- runs ------------------------------------------------------------------------------------------------
 
     def set_runs(self, infos: list[RunInfo], select: str | None = None) -> None:
-        """The runs that have weights to load (newest first); keeps the current choice unless told otherwise."""
+        """The runs that have weights to load (newest first); keeps the current choice unless told otherwise, or
+        unless a run this app trained has just ended (see `training_run`)."""
         usable = [i for i in infos if not i.damaged and i.path and i.has_weights]
         usable.sort(key=lambda i: i.created, reverse=True)
         new = {i.id: i for i in usable}
+        if select is None and self._select_when_listed in new:
+            select, self._select_when_listed = self._select_when_listed, None
         choice = select or (self.run_id if self.run_id in new else None) or (usable[0].id if usable else None)
         picker = self.query_one("#gen-run", Select)
         if list(new) != list(self.runs):
@@ -136,16 +143,31 @@ class GenerateTab(Vertical):
                 picker.value = choice
         self._choose(choice)
 
+    def training_run(self, run_id: str, status: str) -> None:
+        """A run this app trains started (status "running") or ended (any other status). The run that ended is
+        selected as soon as a listing offers its weights, unless the person picked a run here since it started:
+        "train, then chat" talks to the model just trained, not to the newest run from before."""
+        if status == "running":
+            self._training_run, self._select_when_listed = run_id, None
+        elif run_id == self._training_run:
+            self._training_run, self._select_when_listed = None, run_id
+
     def open_run(self, run_id: str) -> None:
         if run_id not in self.runs:
             self.notify(f"Run {run_id} has no saved weights to load yet.", severity="warning")
             return
+        self._picked()
         self.set_runs(list(self.runs.values()), select=run_id)
 
     @on(Select.Changed, "#gen-run")
     def _run_picked(self, event: Select.Changed) -> None:
         event.stop()
+        self._picked()
         self._choose(event.value if isinstance(event.value, str) else None)
+
+    def _picked(self) -> None:
+        """The person chose a run (here, or with the Runs tab's "g"): no run that ends later replaces it."""
+        self._training_run = self._select_when_listed = None
 
     def _choose(self, run_id: str | None) -> None:
         if run_id != self.run_id:
