@@ -168,27 +168,34 @@ def parse_head(spec: str, n_layer: int, n_head: int) -> tuple[int, int | None]:
     return layer, head
 
 
-def attention_ids(model: GPT, tokenizer: Tokenizer, ids: Sequence[int], layer: int) -> Attention:
-    """The attention weights of every head of `layer` over `ids` (at most block_size tokens).
+def attention_layers(model: GPT, tokenizer: Tokenizer, ids: Sequence[int]) -> list[Attention]:
+    """The attention weights of every layer and head over `ids` (at most block_size tokens), from one forward.
 
-    The model runs as usual up to that block (a forward hook keeps the block's normed input); the weights are
-    then worked out from the block's own query/key projection, QK-norm and rotary angles, written out as in
-    the lecture: scores, causal mask, softmax."""
+    The model runs as usual (a forward hook keeps each block's normed input to its attention); the weights are
+    then worked out from the block's own query/key projection, QK-norm and rotary angles, written out as in the
+    lecture: scores, causal mask, softmax."""
     config = model.config
-    if not 0 <= layer < config.n_layer:
-        raise InputError(f"layer {layer} is out of range: the model has {config.n_layer} (0 to {config.n_layer - 1})")
     if len(ids) > config.block_size:
         raise InputError(f"attention is shown for at most block_size ({config.block_size}) tokens; this text has "
                          f"{len(ids)}")
-    attn = model.transformer.h[layer].attn
-    seen: list[torch.Tensor] = []
-    hook = attn.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [block.attn.register_forward_pre_hook(lambda module, args, n=n: seen.__setitem__(n, args[0]))
+             for n, block in enumerate(model.transformer.h)]
     try:
         all_logits(model, ids)
     finally:
-        hook.remove()
-    weights = attention_weights(model, layer, seen[0])
-    return Attention(layer, [token_text(tokenizer, i) for i in ids], weights[0].float().cpu())
+        for hook in hooks:
+            hook.remove()
+    tokens = [token_text(tokenizer, i) for i in ids]
+    return [Attention(n, tokens, attention_weights(model, n, seen[n])[0].float().cpu()) for n in range(config.n_layer)]
+
+
+def attention_ids(model: GPT, tokenizer: Tokenizer, ids: Sequence[int], layer: int) -> Attention:
+    """One layer's attention weights over `ids` (see `attention_layers`)."""
+    n_layer = model.config.n_layer
+    if not 0 <= layer < n_layer:
+        raise InputError(f"layer {layer} is out of range: the model has {n_layer} (0 to {n_layer - 1})")
+    return attention_layers(model, tokenizer, ids)[layer]
 
 
 def attention_weights(model: GPT, layer: int, x: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from gptui.core.runs import RunInfo, RunStore
 from gptui.core.sampling import INFERENCE_DTYPES, SamplingSettings, save_transcript, unescape
 from gptui.core.workspace import Workspace
 from gptui.tui.formatting import human_number, loss_text
+from gptui.tui.widgets.attention import AttentionScreen
 
 STREAM_SECONDS = 0.05  # the sampling thread hands text over at most 20 times a second
 
@@ -51,6 +52,7 @@ class GenerateTab(Vertical):
         Binding("ctrl+s", "stop", "Stop", tooltip="Stop generating"),
         Binding("ctrl+l", "clear", "Clear"),
         Binding("ctrl+o", "save", "Save", tooltip="Save the transcript in the run's generations/"),
+        Binding("ctrl+n", "attention", "Attention", tooltip="The model's attention over the prompt (or the last turn)"),
     ]
 
     class _Status(Message):
@@ -310,6 +312,14 @@ class GenerateTab(Vertical):
         busy = self.generating
         self.query_one("#gen-send", Button).disabled = busy
         self.query_one("#gen-stop-button", Button).disabled = not busy
+
+    def action_attention(self) -> None:
+        if self.run_id is None:
+            self.notify("No run to look into: train one first.", severity="warning")
+            return
+        typed = unescape(self.query_one("#gen-prompt", Input).value)
+        text = typed or (self.turns[-1].text if self.turns and self.turns[-1].text != "(empty prompt)" else "")
+        self.app.push_screen(AttentionScreen(self.workspace, self.run_id, text))
 
     # --- stop, clear, save -----------------------------------------------------------------------------------
 
