@@ -11,15 +11,17 @@ generation keep their fused attention kernels.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch.nn import functional as F
 
 from gptui.core.errors import InputError
+from gptui.core.generate import Decoder, LoadedModel
 from gptui.core.model import GPT, apply_rotary
-from gptui.core.tokenizer import Tokenizer
+from gptui.core.tokenizer import Tokenizer, token_spans
 
 DEFAULT_TOP = 5
 MAX_TOP = 100
@@ -128,24 +130,31 @@ def score_ids(model: GPT, tokenizer: Tokenizer, ids: Sequence[int], top: int = D
         logits = all_logits(model, ids[start:end])
         targets = range(max(done + 1, start + 1), end)
         rows = logits[[t - 1 - start for t in targets]]  # the logits at t - 1 predict the token at t
-        log_probs = F.log_softmax(rows, dim=-1)
-        probs = log_probs.exp()
-        entropy = torch.special.entr(probs).sum(-1) / LN2
-        chosen = torch.tensor([ids[t] for t in targets], device=rows.device)
-        p_chosen = probs.gather(1, chosen[:, None])[:, 0]
-        ranks = (probs > p_chosen[:, None]).sum(-1) + 1
-        best_p, best_ids = probs.topk(min(top, probs.size(-1)), dim=-1) if top else (None, None)
-        for k, t in enumerate(targets):
-            score = tokens[t]
-            score.p, score.rank, score.entropy = float(p_chosen[k]), int(ranks[k]), float(entropy[k])
-            if best_ids is not None:
-                score.top = [(token_text(tokenizer, int(i)), float(p))
-                             for i, p in zip(best_ids[k].tolist(), best_p[k].tolist(), strict=True)]
-            bits -= float(log_probs[k, ids[t]]) / LN2
-            scored_bytes += score.bytes
+        bits += _fill(tokenizer, [tokens[t] for t in targets], rows, top)
+        scored_bytes += sum(tokens[t].bytes for t in targets)
         done = end - 1
         start += stride
     return Scores(tokens, bits, scored_bytes, block, stride)
+
+
+def _fill(tokenizer: Tokenizer, tokens: list[TokenScore], rows: torch.Tensor, top: int) -> float:
+    """Give each token its p, rank, entropy and alternatives from the logits that predicted it (one row each);
+    return the sum of their bits."""
+    if not tokens:
+        return 0.0
+    log_probs = F.log_softmax(rows.float(), dim=-1)
+    probs = log_probs.exp()
+    entropy = torch.special.entr(probs).sum(-1) / LN2
+    chosen = torch.tensor([t.id for t in tokens], device=rows.device)
+    p_chosen = probs.gather(1, chosen[:, None])[:, 0]
+    ranks = (probs > p_chosen[:, None]).sum(-1) + 1
+    best_p, best_ids = probs.topk(min(top, probs.size(-1)), dim=-1) if top else (None, None)
+    for k, score in enumerate(tokens):
+        score.p, score.rank, score.entropy = float(p_chosen[k]), int(ranks[k]), float(entropy[k])
+        if best_ids is not None:
+            score.top = [(token_text(tokenizer, int(i)), float(p))
+                         for i, p in zip(best_ids[k].tolist(), best_p[k].tolist(), strict=True)]
+    return -float(log_probs.gather(1, chosen[:, None]).sum()) / LN2
 
 
 def score_text(model: GPT, tokenizer: Tokenizer, text: str, top: int = DEFAULT_TOP) -> Scores:
@@ -219,3 +228,88 @@ def attention_weights(model: GPT, layer: int, x: torch.Tensor) -> torch.Tensor:
 
 def attention_text(model: GPT, tokenizer: Tokenizer, text: str, layer: int) -> Attention:
     return attention_ids(model, tokenizer, encode(tokenizer, text), layer)
+
+
+# --- a reply scored as it is generated ----------------------------------------------------------------------
+
+Part = tuple[list[str], list[TokenScore]]  # one turn's token spans (joining into its text) and their scores
+
+
+class RecordingDecoder(Decoder):
+    """A decoder that keeps the logits of every token it predicts, and the sampled tokens fed back to it, so a
+    reply's probabilities come from the very logits it was sampled from: a copy of one row a token, on the
+    device, no extra forward pass and no host sync (a captured CUDA graph's output is copied the same way)."""
+
+    def __init__(self, model: GPT, batch: int = 1):
+        super().__init__(model, batch)
+        self.rows: list[torch.Tensor] = []  # row i predicted sampled token i
+        self.fed: list[torch.Tensor] = []  # sampled token i + 1 (the last one is never fed back)
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        logits = super().prefill(ids)
+        if self.rows:  # a refill once the cache is full: it ends with the token just sampled
+            self.fed.append(ids[:, -1].clone())
+        self.rows.append(logits.float().clone())
+        return logits
+
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        self.fed.append(ids.view(-1).clone())
+        logits = super().step(ids)
+        self.rows.append(logits.float().clone())
+        return logits
+
+
+@contextmanager
+def recording(loaded: LoadedModel) -> Iterator[RecordingDecoder]:
+    """Generate through a RecordingDecoder while inside; the loaded model's own decoder (and its CUDA graph) is
+    put back after."""
+    kept = loaded._decoder
+    recorder = loaded._decoder = RecordingDecoder(loaded.model, 1)
+    try:
+        yield recorder
+    finally:
+        loaded._decoder = kept
+
+
+def score_exchange(model: GPT, tokenizer: Tokenizer, context: str, prompt: str, reply: str,
+                   top: int = DEFAULT_TOP, recorder: RecordingDecoder | None = None) -> tuple[Part, Part]:
+    """Score a prompt and the model's reply as the model read them, after the conversation fed before them (if
+    any): the prompt's (spans, scores) and the reply's. Each part is encoded on its own, so no token straddles
+    two turns. With the `recorder` the reply was generated through, its tokens are the sampled ones, scored by
+    the logits they were sampled from, and only the context and prompt take a forward pass; without it (or
+    when a stop string cut the reply short of its tokens) the reply is scored as its text encodes."""
+    head = tokenizer.encode(context) if context else []
+    asked = tokenizer.encode(prompt) if prompt else []
+    if not head and not asked:  # generation starts an empty prompt from a newline, as stream_samples does
+        try:
+            asked = tokenizer.encode("\n")
+        except InputError:
+            asked = [0]
+    sampled = _sampled_ids(tokenizer, recorder, reply) if recorder is not None else None
+    if sampled is None:
+        said = tokenizer.encode(reply) if reply else []
+        scores = score_ids(model, tokenizer, head + asked + said, top).tokens
+        start, middle = len(head), len(head) + len(asked)
+        return ((token_spans(tokenizer, asked), scores[start:middle]) if prompt else ([], []),
+                (token_spans(tokenizer, said), scores[middle:]))
+    prompt_part: Part = ([], [])
+    if prompt:
+        scores = score_ids(model, tokenizer, head + asked, top).tokens
+        prompt_part = (token_spans(tokenizer, asked), scores[len(head):])
+    said_scores = [TokenScore(token_text(tokenizer, i), i, len(tokenizer.token_bytes[i])) for i in sampled]
+    _fill(tokenizer, said_scores, torch.cat(recorder.rows[: len(sampled)]), top)
+    return prompt_part, (token_spans(tokenizer, sampled), said_scores)
+
+
+def _sampled_ids(tokenizer: Tokenizer, recorder: RecordingDecoder, reply: str) -> list[int] | None:
+    """The sampled tokens of a one-sequence reply whose text is `reply`, or None when they do not spell it (a
+    stop string cut it, or bytes that are not UTF-8 were replaced)."""
+    if not recorder.rows or not reply:
+        return None
+    fed = [int(t[0]) for t in recorder.fed]  # the one host sync, once the reply is done
+    text = reply.encode("utf-8")
+    before = b"".join(tokenizer.token_bytes[i] for i in fed)
+    if len(recorder.rows) != len(fed) + 1 or not text.startswith(before):
+        return None
+    last = next((i for i, b in enumerate(tokenizer.token_bytes) if b == text[len(before):]), None)
+    return None if last is None else fed + [last]
