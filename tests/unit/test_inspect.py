@@ -237,3 +237,50 @@ def test_bad_inputs_are_one_line_input_errors(classic) -> None:
         inspect.attention_text(model, tok, corpus_text(2)[:40], 0)
     with pytest.raises(InputError, match="layer 5"):
         inspect.attention_text(model, tok, "First", 5)
+
+
+@pytest.mark.parametrize("which", ["classic", "bpe"])
+def test_token_spans_join_back_into_the_text_exactly(which, request) -> None:
+    from gptui.core.tokenizer import token_spans
+
+    loaded = request.getfixturevalue(which)
+    texts = ["First Citizen:\nAll: Speak,\n\nspeak."]
+    if which == "bpe":
+        texts += ["日本語の文章 🙂🚀\nnaïve café", "🙂", "\n\n\t  x"]
+    for text in texts:
+        ids = loaded.tokenizer.encode(text)
+        spans = token_spans(loaded.tokenizer, ids)
+        assert len(spans) == len(ids) and "".join(spans) == text
+    if which == "bpe":  # an emoji split across byte-level tokens: the token that completes it carries it
+        ids = loaded.tokenizer.encode("🚀")
+        assert len(ids) > 1 and token_spans(loaded.tokenizer, ids)[-1] == "🚀"
+
+
+def test_a_reply_is_scored_from_the_logits_it_was_sampled_from(classic) -> None:
+    from gptui.core.generate import stream_text
+    from gptui.core.sampling import SamplingSettings
+
+    settings = SamplingSettings(max_new_tokens=40, temperature=1.0, seed=3)  # 40 + the prompt: past block_size
+    with inspect.recording(classic) as recorder:
+        reply = "".join(stream_text(classic, "All", settings))
+    assert classic._decoder is not recorder  # the model's own decoder is back
+    prompt, said = inspect.score_exchange(classic.model, classic.tokenizer, "", "All", reply, 5, recorder)
+    assert "".join(said[0]) == reply and len(said[1]) == 40
+    # the same tokens scored by the plain forward pass over the context generation had: the probabilities agree
+    block = classic.model.config.block_size
+    ids = classic.tokenizer.encode("All") + [s.id for s in said[1]]
+    for t in range(3, len(ids)):
+        # the cache fills at block tokens; each refill keeps the last half block, the newest token included
+        half = block // 2
+        start = 0 if t <= block else (t - block - 1) // half * half + block + 1 - half
+        p = plain_logits(classic, ids[start:t]).softmax(-1)[-1, ids[t]]
+        assert said[1][t - 3].p == pytest.approx(float(p), abs=1e-5), t
+    assert [s.p for s in prompt[1]][1:] == pytest.approx(
+        [s.p for s in inspect.score_text(classic.model, classic.tokenizer, "All").tokens][1:], abs=1e-6)
+
+    # a stop string cuts the text short of its tokens: the reply is scored as its text encodes
+    cut = reply[: len(reply) // 2]
+    _, fallback = inspect.score_exchange(classic.model, classic.tokenizer, "", "All", cut, 5, recorder)
+    assert "".join(fallback[0]) == cut
+    expected = inspect.score_text(classic.model, classic.tokenizer, "All" + cut).tokens[3:]
+    assert [s.p for s in fallback[1]] == pytest.approx([s.p for s in expected], abs=1e-6)

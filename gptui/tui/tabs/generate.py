@@ -240,8 +240,8 @@ class GenerateTab(Vertical):
             yield Label("context", classes="gen-label")
             yield Checkbox("whole chat", False, id="gen-context", compact=True,
                            tooltip="Feed the whole conversation so far as context, not just the new prompt")
-            yield Label("tokens", classes="gen-label")
-            yield Checkbox("probabilities", False, id="gen-probs", compact=True,
+            yield Label("probs", classes="gen-label")
+            yield Checkbox("shade", False, id="gen-probs", compact=True,
                            tooltip="Shade each token by the probability the model gave it (ctrl+y)")
             yield Label("precision", classes="gen-label")
             yield Select([(d, d) for d in INFERENCE_DTYPES], value="auto", allow_blank=False, id="gen-dtype",

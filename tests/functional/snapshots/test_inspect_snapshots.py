@@ -38,3 +38,29 @@ def test_attention_view(model_home: Path, size: str, snap_compare) -> None:
         await settle(pilot)
 
     assert snap_compare(make_app(model_home, poll=False), terminal_size=SIZES[size], run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_probabilities_view(model_home: Path, size: str, snap_compare) -> None:
+    async def run_before(pilot) -> None:
+        from textual.widgets import Select
+
+        from gptui.tui.tabs.generate import Turn
+
+        app = pilot.app
+        await settle(pilot)
+        await pilot.press("f4")
+        gen = app.generate_tab
+        await wait_for(pilot, lambda: gen.run_id == RUN, "the run offered")
+        gen.query_one("#gen-dtype", Select).value = "float32"  # the same numbers on every machine
+        asked = Turn("You", "First Citizen:")
+        reply = Turn(f"Model · {RUN}", "\nAll: Speak, speak.\nFirst Citizen:\nYou are all resolved", model=True)
+        reply.prompt, reply.partner, reply.generated = asked.text, asked, reply.text
+        gen._add_turn(asked)
+        gen._add_turn(reply)
+        await pilot.press("ctrl+y")
+        await wait_for(pilot, lambda: reply.scored, "the turns scored")
+        await pilot.press("right", "right", "right")
+        await settle(pilot)
+
+    assert snap_compare(make_app(model_home, poll=False), terminal_size=SIZES[size], run_before=run_before)
