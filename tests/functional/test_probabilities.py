@@ -75,6 +75,8 @@ def test_on_the_tokens_are_scored_and_the_cursor_and_panel_follow(model_home: Pa
             assert "".join(asked.spans) == "First" and "".join(reply.spans) == reply.generated
             assert [s.p for s in asked.scores + reply.scores] == pytest.approx([s.p for s in expected], abs=1e-6)
             assert asked.scores[0].p is None
+            assert gen.query_one("#gen-prompt", Input).has_focus, "a new reply leaves the prompt where it was"
+            await pilot.press("shift+tab")
             assert reply.has_focus and reply.cursor == 0
 
             score = reply.scores[0]

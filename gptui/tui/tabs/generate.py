@@ -147,8 +147,8 @@ class ProbabilityPanel(Static):
 
     def show(self, score: Any) -> None:
         if score is None:
-            self.update(Text("Move over the tokens (arrows or the mouse) to see the model's choices.",
-                             style="italic"))
+            self.update(Text("Click a token, or shift+tab from the prompt and move with the arrows, to see the "
+                             "model's choices there.", style="italic"))
             return
         text = Text()
         text.append(f"{quoted(score.token, 20)}", style="bold")
@@ -222,6 +222,7 @@ class GenerateTab(Vertical):
         self._loaded_dtype = ""  # the precision asked for when it was loaded
         self._stop = threading.Event()
         self._worker: Worker | None = None
+        self._focus_when_scored = False  # the probabilities toggle was switched on: focus the reply once scored
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="gen-top"):
@@ -487,6 +488,7 @@ class GenerateTab(Vertical):
             return
         self.query_one("#gen-probs-panel", ProbabilityPanel).show(None)
         unscored = [t for t in self.turns if t.partner is not None and t.generated and not t.scored]
+        self._focus_when_scored = bool(unscored)
         if unscored and self.run_id is not None:
             # the replies of the model loaded now (a reply from another run is scored by this run's model)
             self._score_turns(self.run_id, str(self.query_one("#gen-dtype", Select).value), unscored)
@@ -503,7 +505,8 @@ class GenerateTab(Vertical):
             for t in (turn, turn.partner):
                 if t is not None:
                     t.shade(self.probabilities)
-        if self.probabilities and not any(t.has_focus for t in self.turns):
+        if self.probabilities and self._focus_when_scored:  # switched on: the cursor goes to the last reply
+            self._focus_when_scored = False
             self._focus_last_scored()
 
     def _focus_last_scored(self) -> None:
@@ -597,6 +600,7 @@ class GenerateTab(Vertical):
         for turn in self.turns:
             turn.remove()
         self.turns.clear()
+        self.query_one("#gen-probs-panel", ProbabilityPanel).show(None)
 
     @on(Button.Pressed, "#gen-save")
     def action_save(self) -> None:
