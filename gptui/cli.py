@@ -99,9 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "rank among all tokens (1: the likeliest), the --top likeliest alternatives and the entropy of "
                     "the distribution in bits; then the text's bits per byte (the evaluation's definition). A text "
                     "longer than the run's block_size is scored with a sliding window: windows of block_size "
-                    "tokens, each half a block past the last, so every token has at least half a block of context. "
+                    "tokens, each half a block past the last, so every token past the first block has at least half "
+                    "a block of context. "
                     "--attention L.H prints the attention weights of layer L, head H (from 0; L.mean: the mean "
-                    "over the heads) for a text of at most block_size tokens.")
+                    "over the heads; with --json its \"head\" is \"mean\") for a text of at most block_size tokens.")
     i.add_argument("run", metavar="RUN", help="run id or unique prefix")
     isrc = i.add_mutually_exclusive_group(required=True)
     isrc.add_argument("--text", help="the text to inspect")
