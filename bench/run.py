@@ -365,7 +365,42 @@ def bench_generation(plan: Plan, tmp: Path) -> list[Row]:
         Row("gen_batch", round(eight / one, 2), "x", "", None,
             f"tokens/s of 8 samples in one batch ({eight:,.0f}) against 1 ({one:,.0f}), lecture model, {dtype}"),
     ]
+    rows.append(probabilities_cost(model, tmp, n_tokens, 3 if plan.quick else 5))
     return rows
+
+
+def probabilities_cost(model, tmp: Path, n_tokens: int, reps: int) -> Row:
+    """The Generate tab's probabilities toggle, as the tab does it: a reply streamed through the recording
+    decoder and then scored (its prompt in one pass, its tokens from the logits they were sampled from), against
+    the same reply streamed with the toggle off; pairs alternate which goes first."""
+    from gptui.core.generate import LoadedModel, stream_text
+    from gptui.core.inspect import recording, score_exchange
+    from gptui.core.runs import Run
+    from gptui.core.sampling import SamplingSettings
+    from gptui.core.tokenizer import CharTokenizer
+
+    tok = CharTokenizer([chr(33 + i) for i in range(model.config.vocab_size)])
+    loaded = LoadedModel(Run(tmp), model, tok, "cpu", str(model.dtype).removeprefix("torch."))
+    settings = SamplingSettings(max_new_tokens=n_tokens, temperature=1.0, seed=1)
+    prompt = "ABCDEFGH"
+    off: list[float] = []
+    on: list[float] = []
+    for rep in range(reps + 1):  # the first pair warms up
+        for scored in ((False, True) if rep % 2 else (True, False)):
+            t = time.perf_counter()
+            if scored:
+                with recording(loaded) as recorder:
+                    reply = "".join(stream_text(loaded, prompt, settings))
+                score_exchange(model, tok, "", prompt, reply, 8, recorder)
+            else:
+                "".join(stream_text(loaded, prompt, settings))
+            if rep:
+                (on if scored else off).append(time.perf_counter() - t)
+    plain, shaded = n_tokens / median(off), n_tokens / median(on)
+    cost = 100 * (1 - shaded / plain)
+    return Row("gen_probs_cost", round(cost, 1), "% tok/s", "< 10", cost < 10,
+               f"{n_tokens} tokens streamed and scored ({shaded:,.0f} tok/s) against streamed alone "
+               f"({plain:,.0f} tok/s), lecture model ({loaded.dtype}), median of {reps} pairs")
 
 
 def bench_train_sample_overhead(plan: Plan, tmp: Path) -> list[Row]:

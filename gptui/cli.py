@@ -100,6 +100,26 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--format", default="hf", help="hf: a transformers GPT2LMHeadModel folder (the default)")
     x.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder to write")
 
+    i = sub.add_parser(
+        "inspect", help="each token's probability, rank, alternatives and entropy under a run; attention weights",
+        description="For each token of the text: the token, its id, its probability given what precedes it, its "
+                    "rank among all tokens (1: the likeliest), the --top likeliest alternatives and the entropy of "
+                    "the distribution in bits; then the text's bits per byte (the evaluation's definition). A text "
+                    "longer than the run's block_size is scored with a sliding window: windows of block_size "
+                    "tokens, each half a block past the last, so every token past the first block has at least half "
+                    "a block of context. "
+                    "--attention L.H prints the attention weights of layer L, head H (from 0; L.mean: the mean "
+                    "over the heads; with --json its \"head\" is \"mean\") for a text of at most block_size tokens.")
+    i.add_argument("run", metavar="RUN", help="run id or unique prefix")
+    isrc = i.add_mutually_exclusive_group(required=True)
+    isrc.add_argument("--text", help="the text to inspect")
+    isrc.add_argument("--text-file", metavar="FILE", help="a UTF-8 file whose text to inspect")
+    i.add_argument("--top", type=int, default=5, metavar="K", help="alternatives shown per token (0-100, default 5)")
+    i.add_argument("--attention", metavar="L.H", help="print layer L, head H's attention weights instead")
+    i.add_argument("--json", action="store_true",
+                   help="one JSON object a line: each token, then a summary (or the attention matrix)")
+    i.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+
     w = sub.add_parser("serve", help="serve the TUI to a web browser (textual-serve)")
     w.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     w.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
@@ -643,6 +663,79 @@ def cmd_export(args, workspace) -> int:
     return 0
 
 
+def cmd_inspect(args, workspace) -> int:
+    from gptui.core.runs import RunStore
+
+    if args.text_file:
+        try:
+            text = Path(args.text_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read text file {args.text_file}: {getattr(exc, 'strerror', None) or exc}") from None
+    else:
+        text = args.text
+    if not text:
+        raise InputError("the text is empty: give some text to inspect")
+    run = RunStore(workspace).resolve(args.run)
+
+    from gptui.core import inspect
+    from gptui.core.generate import load_model
+
+    inspect.check_top(args.top)
+    loaded = load_model(run, args.device, "float32")  # float32: the trained model's exact probabilities
+    model, tok = loaded.model, loaded.tokenizer
+    if args.attention is not None:
+        layer, head = inspect.parse_head(args.attention, model.config.n_layer, model.config.n_head)
+        attention = inspect.attention_text(model, tok, text, layer)
+        matrix = attention.head(head)
+        if args.json:
+            print(json.dumps({"layer": layer, "head": "mean" if head is None else head, "tokens": attention.tokens,
+                              "weights": matrix}, ensure_ascii=False))
+        else:
+            print(f"attention of layer {layer}, {'the mean over the heads' if head is None else f'head {head}'} "
+                  f"(row: the query token; columns: the keys it attends to)")
+            print(_attention_table(attention.tokens, matrix))
+        return 0
+    scores = inspect.score_text(model, tok, text, args.top)
+    if args.json:
+        for token in scores.tokens:
+            print(json.dumps(token.as_dict(), ensure_ascii=False))
+        print(json.dumps(scores.summary()))
+        return 0
+    print(_scores_table(scores))
+    return 0
+
+
+def _shown(token: str, width: int = 0) -> str:
+    """A token quoted, with whitespace and control characters escaped, so its boundaries are visible."""
+    shown = json.dumps(token, ensure_ascii=False)
+    return shown[: width - 1] + "…" if width and len(shown) > width else shown
+
+
+def _scores_table(scores) -> str:
+    lines = [f"{'#':>5}  {'token':<12} {'id':>6} {'p':>8} {'rank':>6} {'entropy':>8}  likeliest instead"]
+    for n, t in enumerate(scores.tokens):
+        p = f"{t.p:8.4f}" if t.p is not None else f"{'—':>8}"
+        rank = f"{t.rank:6,}" if t.rank is not None else f"{'—':>6}"
+        entropy = f"{t.entropy:8.3f}" if t.entropy is not None else f"{'—':>8}"
+        top = "  ".join(f"{_shown(s, 12)} {q:.3f}" for s, q in t.top)
+        lines.append(f"{n:>5}  {_shown(t.token, 12):<12} {t.id:>6} {p} {rank} {entropy}  {top}".rstrip())
+    bpb = scores.bits_per_byte
+    window = (f"; scored with a sliding window of {scores.window} tokens moving {scores.stride} at a time"
+              if scores.stride else "")
+    lines.append(f"{len(scores.tokens):,} tokens, {scores.scored_bytes:,} bytes scored (all but the first token): "
+                 + (f"{bpb:.4f} bits per byte" if bpb is not None else "no bits per byte (one token)") + window)
+    return "\n".join(lines)
+
+
+def _attention_table(tokens: list[str], matrix: list[list[float]]) -> str:
+    labels = [_shown(t, 8) for t in tokens]
+    width = max(len(label) for label in labels)
+    lines = [" " * (width + 1) + " ".join(f"{label:>8}" for label in labels)]
+    for label, row in zip(labels, matrix, strict=True):
+        lines.append(f"{label:>{width}} " + " ".join(f"{w:8.4f}" for w in row))
+    return "\n".join(lines)
+
+
 def cmd_serve(args, workspace) -> int:
     """The TUI over this workspace in a browser: textual-serve starts `gptui --home HOME` for each page opened."""
     import asyncio
@@ -735,6 +828,7 @@ def _check_port_free(host: str, port: int) -> None:
 COMMANDS = {
     "tui": cmd_tui, "train": cmd_train, "generate": cmd_generate, "runs": cmd_runs, "prepare": cmd_prepare,
     "corpora": cmd_corpora, "settings": cmd_settings, "export": cmd_export, "serve": cmd_serve,
+    "inspect": cmd_inspect,
 }
 
 if __name__ == "__main__":  # pragma: no cover

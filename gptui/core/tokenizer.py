@@ -6,6 +6,7 @@ stream text without splitting a character) and save to a single `tokenizer.json`
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Callable, Sequence
 from functools import cache
@@ -227,3 +228,15 @@ def tokenizer_from_json(text: str) -> Tokenizer:
 
 def load_tokenizer(path: Path) -> Tokenizer:
     return tokenizer_from_json(Path(path).read_text(encoding="utf-8"))
+
+
+def token_spans(tokenizer: Tokenizer, ids: Sequence[int]) -> list[str]:
+    """Each token's piece of the decoded text, joining back into it exactly. A byte-level token that ends inside
+    a character (a CJK character or an emoji split by BPE) gets the text up to there; the token that completes the
+    character carries it."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    spans = [decoder.decode(tokenizer.token_bytes[i]) for i in ids]
+    tail = decoder.decode(b"", final=True)
+    if tail and spans:
+        spans[-1] += tail
+    return spans

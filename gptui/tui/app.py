@@ -161,6 +161,8 @@ class GptuiApp(App[None]):
         self._hand_down()
 
     def on_train_tab_run_changed(self, message: TrainTab.RunChanged) -> None:
+        if (generate := self._mounted(GenerateTab)) is not None:
+            generate.training_run(message.run_id, message.status)
         self.runs_tab.poll()
         self.corpus_tab.refresh_cache_status()
 

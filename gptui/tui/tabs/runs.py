@@ -26,6 +26,7 @@ from gptui.core.finetune import fine_tune_source
 from gptui.core.runs import Run, RunInfo, RunStore, resume_mends
 from gptui.core.workspace import Workspace
 from gptui.tui.formatting import human_bytes, human_duration, human_number, loss_text
+from gptui.tui.widgets.attention import AttentionScreen
 from gptui.tui.widgets.loss_plot import LossPlot
 from gptui.tui.widgets.modals import ConfirmModal, PathPromptModal, PickModal, TextPromptModal
 
@@ -59,6 +60,7 @@ class RunsTab(Vertical):
     BINDINGS = [
         Binding("space", "mark", "Mark"),
         Binding("g", "generate", "Generate"),
+        Binding("a", "attention", "Attention"),
         Binding("r", "resume", "Resume"),
         Binding("f", "fine_tune", "Fine-tune"),
         Binding("e", "export", "Export"),
@@ -324,6 +326,15 @@ class RunsTab(Vertical):
         info = self._current_or_warn()
         if info is not None:
             self.post_message(self.OpenInGenerate(info.id))
+
+    def action_attention(self) -> None:
+        info = self._current_or_warn()
+        if info is None:
+            return
+        if info.damaged or not info.has_weights:
+            self.notify(f"Run {info.id} has no saved weights to look into yet.", severity="warning")
+            return
+        self.app.push_screen(AttentionScreen(self.workspace, info.id))
 
     def action_resume(self) -> None:
         info = self._current_or_warn()
