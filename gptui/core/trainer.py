@@ -524,8 +524,10 @@ class TrainJob:
         self._log_prepare(data)
         if dist.is_main:
             self._trackers = open_trackers(config.trackers, config.tracker_project, run, self.log)
-        schedule = self._schedule if config.max_minutes > 0 else None
-        if schedule is not None:  # fitted before: kept for the same budget; for another, fitted again below
+        # a schedule fitted before is kept for the same budget over the run's whole time; a resume given a budget of
+        # its own (that many more minutes) or another budget is fitted again below
+        schedule = self._schedule if config.max_minutes > 0 and not self._more_minutes else None
+        if schedule is not None:
             config = dataclasses.replace(config, max_iters=int(schedule["max_iters"]))
             if schedule.get("max_minutes") == config.max_minutes:
                 self.log(f"schedule: ends at step {config.max_iters:,}, as fitted to the "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import stat
@@ -115,8 +114,10 @@ def test_a_resume_with_a_budget_trains_that_much_more(trained, capsys):
 
 
 def test_a_resume_whose_own_budget_is_spent_is_refused_in_one_line(small_workspace, small_config, capsys):
-    config = dataclasses.replace(small_config, max_minutes=5.0)
-    run = RunStore(small_workspace).resolve(TrainJob(small_workspace, "tiny", config).run().run_id)
+    # trained without a budget (with one its schedule would fill the 5 minutes), then given the run's own budget
+    run = RunStore(small_workspace).resolve(TrainJob(small_workspace, "tiny", small_config).run().run_id)
+    settings = run.read_config()["settings"]
+    run.update_config(settings={**settings, "max_minutes": 5.0})
     _spend(run, 301.0)
     home = small_workspace.home
     code, out, err = run_cli(capsys, home, "train", "--resume", run.id, "--set", "max_iters=100")
