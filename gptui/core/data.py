@@ -190,10 +190,12 @@ def prepare_with_tokenizer(
     skip_bad_rows: bool = False,
     workers: int = 0,
     cancel: threading.Event | None = None,
+    on_digest: Callable[[str], None] | None = None,
 ) -> Dataset:
     """Encode `corpus` with a given tokenizer (a run's tokenizer.json, to fine-tune or resume that run): nothing
     is trained, and the entry is cached under the tokenizer's own key. A char-level tokenizer lacking characters
-    of the corpus is refused, naming them (`source` says whose tokenizer it is: "run X's")."""
+    of the corpus is refused, naming them (`source` says whose tokenizer it is: "run X's"). `on_digest` sees the
+    corpus's digest before anything is encoded (a resume refuses a changed corpus there)."""
     try:
         tokenizer = tokenizer_from_json(tokenizer_json)
     except (ValueError, KeyError, TypeError) as exc:
@@ -217,7 +219,7 @@ def prepare_with_tokenizer(
 
     key = tokenizer_key(tokenizer_json)
     return _prepare(corpus, lambda scan: key, tokenizer_for, cache_root, progress, replace_errors,
-                    text_field, skip_bad_rows, workers, cancel)
+                    text_field, skip_bad_rows, workers, cancel, on_digest)
 
 
 def _prepare(
@@ -231,6 +233,7 @@ def _prepare(
     skip_bad_rows: bool,
     workers: int,
     cancel: threading.Event | None,
+    on_digest: Callable[[str], None] | None = None,
 ) -> Dataset:
     """Scan, tokenize (with `tokenizer_for`), encode, split and cache the corpus at `path`; or serve it."""
     from gptui.core.encode import encode_documents
@@ -238,6 +241,8 @@ def _prepare(
     t0 = time.perf_counter()
     corpus = Corpus.open(Path(path), text_field)
     scan = corpus.scan(replace_errors, progress, cancel)
+    if on_digest is not None:
+        on_digest(scan.digest)
     folder = cache_dir(cache_root, scan.digest, key_for(scan))
     loaded = _load_cached(folder, scan.digest)
     if loaded is not None:
@@ -300,9 +305,11 @@ def _prepare(
         try:
             os.rename(work, folder)
         except OSError:
-            if not (folder / "meta.json").is_file():  # another process finished the same entry first: use it
-                raise
-            shutil.rmtree(work, ignore_errors=True)
+            if _load_cached(folder, scan.digest) is not None:  # another process finished it first: use it
+                shutil.rmtree(work, ignore_errors=True)
+            else:  # a damaged entry (torn by an older version, or edited by hand) is replaced
+                shutil.rmtree(folder)
+                os.rename(work, folder)
     except OSError as exc:
         shutil.rmtree(work, ignore_errors=True)
         raise CorpusError(f"cannot write the token cache in {cache_root}: {exc.strerror or exc}") from None

@@ -218,11 +218,13 @@ class TrainJob:
             except OSError as exc:
                 raise InputError(f"run {run.id}: tokenizer.json cannot be read ({exc.strerror or exc})") from None
             self._tokenizer_source = f"run {run.id}'s"
-            dataset = self._prepare(corpus, config)
-            if dataset.corpus_sha256 != saved.get("corpus_sha256"):
-                raise InputError(
-                    f"corpus {corpus.name} changed since run {run.id} started; resuming needs the original text"
-                )
+
+            def same_corpus(digest: str) -> None:
+                if digest != saved.get("corpus_sha256"):
+                    raise InputError(f"corpus {corpus.name} changed since run {run.id} started; resuming needs "
+                                     "the original text")
+
+            dataset = self._prepare(corpus, config, on_digest=same_corpus)
             if load_tokenizer(run.file(TOKENIZER)).token_bytes != dataset.tokenizer.token_bytes:
                 raise InputError(f"the tokenizer cached for {corpus.name} differs from run {run.id}'s own")
             return run, config, dataset, checkpoint
@@ -272,7 +274,7 @@ class TrainJob:
                         pid=os.getpid(), host=socket.gethostname(), heartbeat=time.time())
         return run, config, dataset, None
 
-    def _prepare(self, corpus: Path, config: Config) -> Dataset:
+    def _prepare(self, corpus: Path, config: Config, on_digest=None) -> Dataset:
         self.emit(ev.Prepare("preparing data", None))
         if self._tokenizer_json is not None:
             return prepare_with_tokenizer(
@@ -280,6 +282,7 @@ class TrainJob:
                 progress=lambda stage, frac: self.emit(ev.Prepare(stage, frac)),
                 replace_errors=self.replace_errors, source=self._tokenizer_source,
                 text_field=config.text_field, skip_bad_rows=self.skip_bad_rows, cancel=self._stop,
+                on_digest=on_digest,
             )
         dataset = prepare(
             corpus, TokenizerSpec.from_config(config), self.workspace.cache,
