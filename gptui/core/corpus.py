@@ -35,8 +35,10 @@ from gptui.core.errors import CorpusError, GptuiError
 
 try:
     from gptui.core.errors import CorpusCancelled
-except ImportError:  # part B's errors.py adds it; until that branch is merged, a cancel is an interrupt
-    CorpusCancelled = KeyboardInterrupt  # type: ignore[misc,assignment]
+except ImportError:  # part B's errors.py adds it; until that branch is merged, the same class here
+
+    class CorpusCancelled(GptuiError):  # type: ignore[no-redef]
+        exit_code = 130
 
 READ_BYTES = 1 << 22  # bytes read at a time while scanning or streaming
 PIECE_CHARS = 1 << 22  # a single document is streamed in pieces of about this many characters
@@ -44,6 +46,7 @@ PARQUET_BATCH_ROWS = 1024
 VAL_SHARE = 0.1  # the share of a multi-document corpus's documents held out for validation
 HASH_SPLIT_MIN_DOCUMENTS = 10  # below this, a corpus is split like one document (its last 10% of tokens)
 SNIFF_BYTES = 8192  # bytes a listing looks at to tell a binary file from a text file
+SNIFF_FILES = 2000  # a listing sniffs the files of a folder up to this many
 
 KIND_SUFFIXES = {  # the longest suffix first, so x.txt.gz is a txt.gz and not a txt
     ".txt.gz": "txt.gz",
@@ -471,6 +474,8 @@ def corpus_stats(path: Path, text_field: str = "text") -> CorpusStats:
         if kind == "txt":
             return _text_file_stats(files[0], total)
         if kind == "folder":
+            if len(files) > SNIFF_FILES:  # a listing stays quick: a large folder's count comes with Prepare
+                return CorpusStats(kind, total, len(files), None)
             documents = sum(1 for e in files if e.size and not _looks_binary(e.path))
             error = None if documents else "no text file"
             return CorpusStats(kind, total, len(files), documents, error=error)
@@ -538,6 +543,32 @@ def _count_lines(path: Path) -> int:
             lines += chunk.count(b"\n")
             last = chunk[-1:]
     return lines + (1 if last and last != b"\n" else 0)
+
+
+def preview(path: Path, text_field: str = "text", limit: int = 6000) -> str:
+    """The first `limit` characters of a corpus's documents (a rule between documents), read cheaply: only as
+    much of it as the preview shows. A problem reading it comes back as the text to show."""
+    try:
+        source = Corpus.open(path, text_field)
+        files = source.files()
+        if source.kind == "folder":
+            files = [e for e in files if not _looks_binary(e.path)][:50]
+        head = Scan("", 0, files, files)
+        parts: list[str] = []
+        size = 0
+        stream = source.documents(head, replace_errors=True, skip_bad_rows=True)
+        try:
+            for text in stream:
+                parts.append(text[: limit - size])
+                size += len(parts[-1])
+                if size >= limit or source.single_document:
+                    break
+        finally:
+            stream.close()
+    except (CorpusError, OSError) as exc:
+        return str(exc)
+    rule = "\n" + "─" * 20 + " next document " + "─" * 20 + "\n"
+    return rule.join(parts) + ("\n…" if size >= limit else "")
 
 
 # --- progress ----------------------------------------------------------------------------------------------------

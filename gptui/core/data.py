@@ -32,7 +32,7 @@ from gptui.core.corpus import (
     Scan,
     is_validation_document,
 )
-from gptui.core.errors import CorpusError, InputError
+from gptui.core.errors import CorpusError, GptuiError, InputError
 from gptui.core.fsio import atomic_write_json, read_json
 from gptui.core.tokenizer import CharTokenizer, Progress, Tokenizer, load_tokenizer, tokenizer_from_json
 
@@ -147,7 +147,7 @@ def cache_status(cache_root: Path, corpus: Path, spec: TokenizerSpec, text_field
     try:
         scan = Corpus.open(corpus, text_field).scan(replace_errors=True, cancel=cancel)
         return (cache_dir(cache_root, scan.digest, spec, scan.bytes) / "meta.json").is_file()
-    except (OSError, CorpusError):
+    except (OSError, GptuiError):  # unreadable, bad, or cancelled: not (known to be) cached
         return False
 
 
