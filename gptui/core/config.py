@@ -143,6 +143,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("split_pattern", str, "gpt4", "data", "Regex that splits text before BPE merges: GPT-4's or GPT-2's.",
        choices=("gpt4", "gpt2")),
     _s("text_field", str, "text", "data", "The field (JSON Lines) or column (Parquet) that holds each document."),
+    _s("tokenizer_sample_mb", float, 256.0, "data",
+       "Megabytes of the corpus the BPE tokenizer learns from, spread over it (a smaller corpus: all of it).",
+       min=1.0, max=1e6),
     # optimisation
     _s("batch_size", int, 32, "optim", "Sequences per micro-batch.", min=1, max=8192),
     _s("grad_accum", int, 1, "optim", "Micro-batches accumulated per optimizer step.", min=1, max=1024),

@@ -23,3 +23,9 @@ class RunNotFound(InputError):
 
 class DamagedRun(GptuiError):
     pass
+
+
+class CorpusCancelled(GptuiError):
+    """Preparing a corpus was cancelled (ctrl-c or Cancel); nothing partial was left on disk."""
+
+    exit_code = 130  # as an interrupted command's
