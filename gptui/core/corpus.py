@@ -31,14 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gptui.core.errors import CorpusError, GptuiError
-
-try:
-    from gptui.core.errors import CorpusCancelled
-except ImportError:  # part B's errors.py adds it; until that branch is merged, the same class here
-
-    class CorpusCancelled(GptuiError):  # type: ignore[no-redef]
-        exit_code = 130
+from gptui.core.errors import CorpusCancelled, CorpusError, GptuiError
 
 READ_BYTES = 1 << 22  # bytes read at a time while scanning or streaming
 PIECE_CHARS = 1 << 22  # a single document is streamed in pieces of about this many characters

@@ -53,7 +53,7 @@ class TokenizerSpec:
 
     @classmethod
     def from_config(cls, config: Config) -> TokenizerSpec:
-        sample_mb = float(getattr(config, "tokenizer_sample_mb", DEFAULT_SAMPLE_MB))
+        sample_mb = float(config.tokenizer_sample_mb)
         if config.tokenizer == "char":
             return cls("char", 0, "", sample_mb)
         return cls("bpe", config.vocab_size, config.split_pattern, sample_mb)
@@ -171,7 +171,7 @@ def prepare(
     def tokenizer_for(documents: Documents, source: Corpus, scan: Scan) -> Tokenizer:
         return train_tokenizer_from_documents(
             documents, spec.kind, spec.vocab_size, spec.pattern, spec.sample_mb, progress,
-            pieces=source.single_document, total_bytes=scan.bytes,
+            pieces=source.single_document, total_bytes=scan.bytes, cancel=cancel,
         )
 
     return _prepare(corpus, lambda scan: spec.key(scan.bytes), tokenizer_for, cache_root, progress,

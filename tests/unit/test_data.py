@@ -98,7 +98,7 @@ def test_tokenizer_settings_get_their_own_cache_entry(workspace, corpus):
     folders = {cache_dir(workspace.cache, results[0].corpus_sha256, s) for s in specs}
     assert len(folders) == len(specs)
     assert results[0].tokenizer.kind == "char" and results[1].tokenizer.kind == "bpe"
-    assert results[1].tokenizer.vocab_size == 300 and results[3].tokenizer.vocab_size == 320
+    assert results[1].tokenizer.vocab_size == 301 and results[3].tokenizer.vocab_size == 321  # + end-of-text
     assert len(results[3].tokens) < len(results[1].tokens) < len(results[0].tokens)
     assert all(prepare(corpus, s, workspace.cache).cached for s in specs)
 
