@@ -305,3 +305,143 @@ def test_a_change_while_preparing_is_detected(tmp_path):
     (root / "a" / "new.md").write_text("added meanwhile\n")
     with pytest.raises(CorpusChanged, match=r"notes/ changed while it was prepared; prepare again"):
         source.check_unchanged(scan)
+
+
+# --- preparing each kind (tokenizer, split, boundary token, cache) ---------------------------------------------
+
+MANY = [f"Document {i}: {corpus_text(3 + i % 4)}" for i in range(40)]  # enough documents for the hash split
+
+
+def prepare_kind(workspace, path, spec=None, **kw):
+    from gptui.core.data import TokenizerSpec, prepare
+
+    return prepare(path, spec or TokenizerSpec("bpe", 300, "gpt4"), workspace.cache, **kw)
+
+
+def cache_entries(workspace):
+    return sorted(p.name for p in workspace.cache.iterdir())
+
+
+@pytest.mark.parametrize("kind", ["folder", "jsonl", "jsonl.gz", "parquet"])
+def test_every_kind_gives_the_same_tokens_for_the_same_documents(workspace, kind):
+    import numpy as np
+
+    folder = workspace.inputs / "many"
+    for i, text in enumerate(MANY):
+        (folder / f"{i:03d}.txt").parent.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:03d}.txt").write_text(text, encoding="utf-8")
+    reference = prepare_kind(workspace, folder)
+    if kind == "folder":
+        data = reference
+    elif kind == "parquet":
+        data = prepare_kind(workspace, write_parquet(workspace.inputs / "many.parquet", MANY))
+    else:
+        opener = gzip.open if kind.endswith(".gz") else open
+        data = prepare_kind(workspace, write_jsonl(workspace.inputs / f"many.{kind}", MANY, opener=opener))
+    assert data.corpus_kind == kind and data.documents == 40
+    assert np.array_equal(np.asarray(data.tokens), np.asarray(reference.tokens))
+    eot = data.tokenizer.eot_id
+    tokens = np.asarray(data.tokens)
+    # train documents, then validation documents, an end-of-text between documents within each
+    held = [d for d in MANY if is_validation_document(d)]
+    assert 0 < len(held) < 40
+    train_text = data.tokenizer.decode(tokens[: data.split].tolist())
+    assert train_text == "<|endoftext|>".join(d for d in MANY if not is_validation_document(d))
+    assert int((tokens[: data.split] == eot).sum()) == 40 - len(held) - 1
+    assert data.tokenizer.decode(tokens[data.split :].tolist()) == "<|endoftext|>".join(held)
+    assert data.val_bytes == sum(len(d.encode()) for d in held), "bits per byte counts the validation text"
+
+
+def test_folder_cache_hit_miss_and_a_changed_file(workspace):
+    root = write_folder(workspace.inputs / "notes", [corpus_text(40 + i) for i in range(12)])
+    first = prepare_kind(workspace, root)
+    again = prepare_kind(workspace, root)
+    assert not first.cached and again.cached and again.corpus_sha256 == first.corpus_sha256
+    assert again.documents == first.documents == 12 and again.corpus_kind == "folder"
+    (root / "a" / "doc0.md").write_text(corpus_text(41))
+    changed = prepare_kind(workspace, root)
+    assert not changed.cached and changed.corpus_sha256 != first.corpus_sha256
+    assert len(cache_entries(workspace)) == 2
+
+
+def test_few_documents_split_at_the_last_tenth_of_tokens(workspace):
+    root = write_folder(workspace.inputs / "three", [corpus_text(50), corpus_text(60), corpus_text(70)])
+    data = prepare_kind(workspace, root)
+    assert data.split == int(len(data.tokens) * 0.9) and data.documents == 3
+
+
+def test_single_text_file_is_encoded_as_before(workspace, corpus):
+    """The one-document corpus: today's tokenizer, today's tokens, the last 10% of the tokens held out."""
+    import numpy as np
+
+    from gptui.core.tokenizer import train_tokenizer
+
+    text = corpus.read_text(encoding="utf-8")
+    data = prepare_kind(workspace, corpus)
+    before = train_tokenizer(text, "bpe", 300, "gpt4")
+    assert data.tokenizer.token_bytes == before.token_bytes
+    assert np.array_equal(np.asarray(data.tokens), before.encode_corpus(text))
+    assert data.split == int(len(data.tokens) * 0.9) and data.documents == 1
+
+
+def test_skipped_rows_are_counted_and_the_entry_is_served_only_with_the_flag(workspace):
+    path = workspace.inputs / "rows.jsonl"
+    write_jsonl(path, MANY)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("not json at all\n")
+    with pytest.raises(CorpusError, match=r"rows\.jsonl line 41, column 1: not JSON"):
+        prepare_kind(workspace, path)
+    assert cache_entries(workspace) == [], "a refused corpus writes nothing"
+    data = prepare_kind(workspace, path, skip_bad_rows=True)
+    assert data.skipped == {"bad rows": 1} and data.documents == 40
+    with pytest.raises(CorpusError, match=r"rows\.jsonl line 41, column 1: not JSON"):
+        prepare_kind(workspace, path)
+    assert prepare_kind(workspace, path, skip_bad_rows=True).cached
+
+
+def test_text_field_names_the_field(workspace):
+    path = write_jsonl(workspace.inputs / "c.jsonl", MANY, field="content")
+    with pytest.raises(CorpusError, match=r"line 1: no 'text' field \(fields: id, content\)"):
+        prepare_kind(workspace, path)
+    assert prepare_kind(workspace, path, text_field="content").documents == 40
+
+
+@pytest.mark.parametrize("phase", ["hashing", "training tokenizer"])
+def test_cancel_leaves_no_cache_entry(workspace, phase):
+    import threading
+
+    from gptui.core.errors import CorpusCancelled
+
+    root = write_folder(workspace.inputs / "notes", MANY)
+    cancel = threading.Event()
+
+    def progress(stage, fraction):
+        if stage.startswith(phase):
+            cancel.set()
+
+    with pytest.raises(CorpusCancelled):
+        prepare_kind(workspace, root, progress=progress, cancel=cancel)
+    assert cache_entries(workspace) == []
+
+
+def test_a_corpus_changed_while_it_is_prepared_is_refused(workspace):
+    root = write_folder(workspace.inputs / "notes", MANY)
+
+    def progress(stage, fraction):
+        if stage.startswith("encoding") and not (root / "late.txt").exists():
+            (root / "late.txt").write_text("written while preparing\n")
+
+    with pytest.raises(CorpusChanged, match=r"notes/ changed while it was prepared; prepare again"):
+        prepare_kind(workspace, root, progress=progress)
+    assert cache_entries(workspace) == []
+
+
+def test_char_fine_tune_tokenizer_refuses_a_folder_with_unseen_characters(workspace):
+    from gptui.core.data import TokenizerSpec, prepare_with_tokenizer
+
+    small = workspace.inputs / "small.txt"
+    small.write_text(corpus_text(), encoding="utf-8")
+    run_tokenizer = prepare_kind(workspace, small, TokenizerSpec("char", 0, "")).tokenizer.to_json()
+    root = write_folder(workspace.inputs / "notes", [corpus_text(20), "Zebra ünïcode\n"])
+    with pytest.raises(CorpusError, match=r"run X's char tokenizer cannot encode notes/: it lacks \d+ characters"):
+        prepare_with_tokenizer(root, run_tokenizer, workspace.cache, source="run X's")
