@@ -85,7 +85,8 @@ def test_tokenizer_choice_is_shared_and_prepare_fills_the_cache(home: Path) -> N
             assert app.model_tab.field("tokenizer").raw == "char"  # mirrored into the Model form
             app.model_tab.set_values({"tokenizer": "bpe", "vocab_size": 300})
             await pilot.pause()
-            assert corpus.tokenizer_values() == {"tokenizer": "bpe", "vocab_size": "300", "split_pattern": "gpt4"}
+            assert corpus.tokenizer_values() == {"tokenizer": "bpe", "vocab_size": "300", "split_pattern": "gpt4",
+                                                 "text_field": "text"}
 
             await pilot.click("#prepare")
             table = app.query_one("#corpus-table", DataTable)
