@@ -242,6 +242,7 @@ class Corpus:
         text_files: list[FileEntry] = []
         binary = bad_utf8 = 0
         check_text = self.kind in ("txt", "folder")
+        count_lines, lines = self.kind == "jsonl", 0
         for entry in files:
             if self.kind in ("folder", "parquet-shards"):
                 rel = entry.rel.encode("utf-8", "surrogateescape")
@@ -254,6 +255,8 @@ class Corpus:
                         if cancel is not None and cancel.is_set():
                             raise CorpusCancelled("preparing cancelled")
                         h.update(chunk)
+                        if count_lines:
+                            lines += chunk.count(b"\n")
                         if checker is not None:
                             checker.feed(chunk)
                         read += len(chunk)
@@ -278,7 +281,11 @@ class Corpus:
                     bad_utf8 += 1
             text_files.append(entry)
         meter.done()
+        if bad_utf8 and self.kind == "folder":  # with --replace-errors those files are documents: another corpus
+            h.update(b"\0replaced-bad-utf8")
         documents = None
+        if self.kind == "jsonl":
+            documents = lines  # an upper bound (blank lines count): enough to choose the split rule
         if self.kind == "txt":
             documents = 1
         elif self.kind == "folder":
