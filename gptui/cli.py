@@ -597,7 +597,7 @@ def cmd_prepare(args, workspace) -> int:
     how = f"cache hit after hashing {data.seconds.get('hash', 0):.2f}s" if data.cached else (
         f"hashing {data.seconds.get('hash', 0):.2f}s, tokenizer {data.seconds['train_tokenizer']:.2f}s, "
         f"encode {data.seconds['encode']:.2f}s")
-    skipped = "".join(f", skipped {n:,} {what}" for what, n in data.skipped.items())
+    skipped = f", {data.skipped_text()}" if data.skipped else ""
     print(f"{path.name}: {data.documents:,} document{'s' if data.documents != 1 else ''}, "
           f"{len(data.tokens):,} tokens, {data.tokenizer.describe()}, "
           f"{len(data.tokens) / max(1, data.corpus_bytes):.3f} tokens/byte{skipped}; {took:.2f}s ({how})")

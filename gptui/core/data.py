@@ -98,6 +98,11 @@ class Dataset:
     def val_tokens_per_byte(self) -> float:
         return len(self.val) / max(1, self.val_bytes)
 
+    def skipped_text(self) -> str:
+        """'skipped 1 binary file, 3 bad rows' (empty when nothing was skipped)."""
+        parts = [f"{n:,} {what[:-1] if n == 1 else what}" for what, n in self.skipped.items()]
+        return f"skipped {', '.join(parts)}" if parts else ""
+
     def corpus_record(self) -> dict:
         """What config.json records of the corpus."""
         return {"corpus_kind": self.corpus_kind, "corpus_documents": self.documents, "corpus_files": self.files}

@@ -307,9 +307,8 @@ class TrainJob:
             f"{len(d.train):,} train / {len(d.val):,} val, {d.val_tokens_per_byte:.3f} tokens per byte"
         )
         if d.corpus_kind != "txt" or d.skipped:
-            skipped = ", ".join(f"{n:,} {what}" for what, n in d.skipped.items())
             self.log(f"data: {d.corpus_kind} corpus, {d.documents:,} documents from {d.files:,} files"
-                     + (f"; skipped {skipped}" if skipped else ""))
+                     + (f"; {d.skipped_text()}" if d.skipped else ""))
 
     def _load_checkpoint(self, run: Run) -> dict:
         path = run.file(CHECKPOINT)

@@ -62,7 +62,7 @@ def test_prepare_any_kind_then_a_cache_hit(home, name):
     assert first.returncode == 0, first.stderr
     assert "24 documents" in first.stdout and "cache hit" not in first.stdout
     if name == "notes":
-        assert "skipped 1 binary files" in first.stdout
+        assert "skipped 1 binary file;" in first.stdout
     again = gptui(home, "prepare", "--input", name, "--tokenizer", "char")
     assert "cache hit" in again.stdout
 
@@ -120,7 +120,7 @@ def test_skip_bad_rows(tmp_path, make_corpus_text):
     assert_one_line_error(gptui(home, "prepare", "--input", "rows"), 2, "rows.jsonl line 4, column 2")
     ok = gptui(home, "prepare", "--input", "rows", "--skip-bad-rows", "--tokenizer", "char")
     assert ok.returncode == 0, ok.stderr
-    assert "24 documents" in ok.stdout and "skipped 1 bad rows" in ok.stdout
+    assert "24 documents" in ok.stdout and "skipped 1 bad row;" in ok.stdout
 
 
 def test_ambiguous_name_asks_for_the_extension(tmp_path):
@@ -138,7 +138,7 @@ def test_train_on_a_folder_then_fine_tune_onto_another_folder(home, make_corpus_
     config = json.loads((home / "models" / run_id / "config.json").read_text())
     assert (config["corpus"], config["corpus_file"], config["corpus_kind"]) == ("notes", "notes", "folder")
     assert config["corpus_documents"] == 24 and config["corpus_files"] == 24
-    assert "data: folder corpus, 24 documents from 24 files; skipped 1 binary files" in (
+    assert "data: folder corpus, 24 documents from 24 files; skipped 1 binary file\n" in (
         home / "models" / run_id / "train.log").read_text()
 
     other = home / "inputs" / "other"

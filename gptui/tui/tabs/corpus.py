@@ -261,7 +261,7 @@ class CorpusTab(Vertical):
             f"hashing {data.seconds.get('hash', 0):.1f}s, tokenizer {data.seconds.get('train_tokenizer', 0):.1f}s, "
             f"encoding {data.seconds.get('encode', 0):.1f}s"
         )
-        skipped = "".join(f", skipped {n:,} {what}" for what, n in data.skipped.items())
+        skipped = f", {data.skipped_text()}" if data.skipped else ""
         self.post_message(self._Prepared(
             f"{path.name}: {data.documents:,} documents, {len(data.tokens):,} tokens, "
             f"{data.tokenizer.describe()}{skipped}; {how}"
