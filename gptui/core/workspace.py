@@ -47,7 +47,8 @@ class Workspace:
         """Create missing folders; give a workspace with no corpus the bundled sample."""
         for folder in (self.inputs, self.models, self.cache):
             folder.mkdir(parents=True, exist_ok=True)
-        if not any(corpus_kind(p) for p in self.inputs.iterdir() if not p.name.startswith(".")):
+        # a folder is a corpus of some kind: no need to walk it to find which
+        if not any(p.is_dir() or corpus_kind(p) for p in self.inputs.iterdir() if not p.name.startswith(".")):
             sample = resources.files("gptui") / "data" / SAMPLE_CORPUS
             with resources.as_file(sample) as src:
                 shutil.copyfile(src, self.inputs / SAMPLE_CORPUS)
@@ -64,7 +65,7 @@ class Workspace:
         if "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
             raise CorpusError(f"corpus name {name!r} must be a name in {self.inputs}, not a path")
         exact = self.inputs / name
-        if exact.exists() and corpus_kind(exact) is not None:
+        if exact.is_dir() or (exact.exists() and corpus_kind(exact) is not None):
             return exact
         found = [p for p in (self.inputs / (name + suffix) for suffix in KIND_SUFFIXES) if p.exists()]
         if len(found) > 1:
