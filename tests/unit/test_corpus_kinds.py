@@ -454,3 +454,53 @@ def test_a_folder_read_with_replaced_bytes_is_another_cache_entry(workspace):
     replaced = prepare_kind(workspace, root, replace_errors=True)
     assert not replaced.cached and replaced.documents == strict.documents + 1
     assert strict.skipped == {"binary files": 1} and prepare_kind(workspace, root).cached
+
+
+# --- the workspace: resolving names, adding by path -------------------------------------------------------------
+
+
+def test_corpus_path_resolves_every_kind_and_refuses_ambiguity(workspace):
+    write_folder(workspace.inputs / "notes")
+    write_jsonl(workspace.inputs / "rows.jsonl")
+    assert workspace.corpus_path("notes") == workspace.inputs / "notes"
+    assert workspace.corpus_path("notes/") == workspace.inputs / "notes"
+    assert workspace.corpus_path("rows") == workspace.corpus_path("rows.jsonl") == workspace.inputs / "rows.jsonl"
+    (workspace.inputs / "rows.txt").write_text("text\n")
+    with pytest.raises(CorpusError, match=r"several corpora are named 'rows' \(rows\.txt, rows\.jsonl\)"):
+        workspace.corpus_path("rows")
+    (workspace.inputs / "readme.md").write_text("not a corpus\n")
+    with pytest.raises(CorpusError, match=r"readme\.md is not a corpus"):
+        workspace.corpus_path("readme.md")
+    kinds = {c.file_name: c.kind for c in workspace.corpora()}
+    assert kinds == {"notes": "folder", "rows.jsonl": "jsonl", "rows.txt": "txt", "tinyshakespeare.txt": "txt"}
+
+
+def test_adding_links_large_files_and_folders_and_copies_small_text(workspace, tmp_path, monkeypatch):
+    from gptui.core import workspace as workspace_module
+
+    outside = tmp_path / "outside"
+    folder = write_folder(outside / "letters")
+    rows = write_jsonl(outside / "rows.jsonl")
+    small = outside / "poem.txt"
+    small.write_text("a small poem\n")
+    big = outside / "book.md"
+    big.write_text("a book\n" * 100)
+    monkeypatch.setattr(workspace_module, "COPY_LIMIT_BYTES", 200)
+
+    copied = workspace.add_corpus(small)
+    assert copied == workspace.inputs / "poem.txt" and not copied.is_symlink()
+    linked = workspace.add_corpus(big)
+    assert linked == workspace.inputs / "book.md.txt" and linked.is_symlink() and linked.resolve() == big
+    assert workspace.add_corpus(folder).resolve() == folder and (workspace.inputs / "letters").is_symlink()
+    assert workspace.add_corpus(rows).is_symlink()
+    assert workspace.add_corpus(rows) == workspace.inputs / "rows.jsonl", "adding it again is a no-op"
+    other = tmp_path / "elsewhere" / "rows.jsonl"
+    other.parent.mkdir()
+    write_jsonl(other, ["other\n"])
+    with pytest.raises(CorpusError, match=r"a corpus named 'rows.jsonl' already exists"):
+        workspace.add_corpus(other)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CorpusError, match=r"empty is an empty folder"):
+        workspace.add_corpus(tmp_path / "empty")
+    listed = {c.name: (c.kind, c.documents) for c in workspace.corpora()}
+    assert listed["letters"] == ("folder", 3) and listed["rows"] == ("jsonl", 3) and listed["book.md"][0] == "txt"
