@@ -298,8 +298,11 @@ def tiktoken_encoding(tokenizer: BpeTokenizer):
     if len(ranks) != len(text_ids) or any(bytes([b]) not in ranks for b in range(256)):
         return None
     byte_of = {ch: b for b, ch in _byte_to_unicode().items()}
+    merges = tokenizer.merges()
+    if len(merges) != len(text_ids) - 256:
+        return None
     last = -1
-    for left, right in tokenizer.merges():
+    for left, right in merges:
         try:
             merged = ranks.get(bytes(byte_of[c] for c in left + right))
         except KeyError:
@@ -307,8 +310,6 @@ def tiktoken_encoding(tokenizer: BpeTokenizer):
         if merged is None or merged <= last:
             return None
         last = merged
-    if len(tokenizer.merges()) != len(text_ids) - 256:
-        return None
     return tiktoken.Encoding(f"gptui-{id(tokenizer)}", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
 
 
@@ -329,15 +330,21 @@ def _byte_level_pattern(data: dict) -> str | None:
     return regex if isinstance(regex, str) else None
 
 
-def _checked(encoder: Encoder, tokenizer: Tokenizer, text: str) -> Encoder:
-    """`encoder`, when it gives the tokenizer's own tokens for the start of `text`; `tokenizers` otherwise."""
+def _checked(encoder: Encoder, tokenizer: Tokenizer, texts: list[str]) -> Encoder:
+    """`encoder`, when it gives the tokenizer's own tokens for the first CHECK_CHARS characters of `texts`;
+    `tokenizers` otherwise."""
     if encoder.name != "tiktoken" or not isinstance(tokenizer, BpeTokenizer):
         return encoder
-    sample = next(safe_pieces((text[: 2 * CHECK_CHARS],), CHECK_CHARS), "")
     reference = hf_encoder(tokenizer)
-    if np.array_equal(encoder.encode(sample), reference.encode(sample)):
-        return encoder
-    return reference
+    left = CHECK_CHARS
+    for text in texts:
+        if left <= 0:
+            break
+        sample = next(safe_pieces((text[: 2 * left],), left), "")
+        if not np.array_equal(encoder.encode(sample), reference.encode(sample)):
+            return reference
+        left -= len(sample)
+    return encoder
 
 
 # --- encoding -------------------------------------------------------------------------------------------------
@@ -426,7 +433,7 @@ def encode_documents(
             for batch in _batches(documents, pieces, is_val, counts):
                 _check_cancel(cancel)
                 if not checked:
-                    encoder, checked = _checked(encoder, tokenizer, batch[0].text), True
+                    encoder, checked = _checked(encoder, tokenizer, [p.text for p in batch]), True
                 in_flight.append((batch, pool.submit(_encode_batch, encoder.encode, dtype, batch)))
                 drain(IN_FLIGHT_PER_WORKER * workers)
             drain(0)

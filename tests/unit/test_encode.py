@@ -147,6 +147,27 @@ def test_a_tokenizer_tiktoken_cannot_reproduce_is_encoded_by_tokenizers(mixed_bp
     assert fast_encoder(tok).encode("Hello World").tolist() == tok.hf.encode("Hello World").ids
 
 
+def test_merges_out_of_id_order_are_encoded_by_tokenizers(mixed_bpe):
+    # tiktoken ranks a merge by its result's id: with two merges swapped the ranks no longer follow the merges
+    data = json.loads(mixed_bpe["gpt4"].to_json())
+    merges = data["model"]["merges"]
+    merges[10], merges[11] = merges[11], merges[10]
+    tok = tokenizer_from_json(json.dumps(data))
+    assert fast_encoder(tok).name == "tokenizers"
+
+
+def test_an_encoder_that_disagrees_on_the_first_piece_is_not_used(tmp_path, mixed_bpe, monkeypatch):
+    import gptui.core.encode as encode
+
+    tok = mixed_bpe["gpt4"]
+    wrong = encode.Encoder("tiktoken", lambda text: np.asarray(tok.encode(text)[::-1], dtype=np.uint32))
+    monkeypatch.setattr(encode, "fast_encoder", lambda tokenizer: wrong)
+    docs = ["short one", KINDS["prose"] * 50]
+    result = encode_documents(iter(docs), tok, tmp_path / "t.bin", dtype=np.uint16)
+    assert result.encoder == "tokenizers"
+    assert read_tokens(tmp_path / "t.bin").tolist() == tok.encode(docs[0]) + [tok.eot_id] + tok.encode(docs[1])
+
+
 # --- documents and the end-of-text token ---------------------------------------------------------------------
 
 
