@@ -40,7 +40,7 @@ from gptui.core.tokenizer import (
 
 VAL_FRACTION = 0.1  # of the tokens, when no document-level split is given
 PIECE_CHARS = 1 << 20  # characters a worker encodes at a time
-TRAIN_PIECE_CHARS = 1 << 16  # pieces the BPE trainer is fed: it buffers a few hundred of them
+TRAIN_PIECE_CHARS = 1 << 15  # pieces the BPE trainer is fed: it buffers 256 of them
 HARD_CUT = 4  # a stretch with no safe cut is cut anyway at this many pieces' length (memory stays bounded)
 IN_FLIGHT_PER_WORKER = 2  # pieces queued or encoding per worker thread: enough to keep every core busy
 CHECK_CHARS = 1 << 16  # characters of a corpus's first piece encoded by both encoders to compare them
@@ -147,20 +147,18 @@ def safe_pieces(parts: Iterable[str], size: int = PIECE_CHARS) -> Iterator[str]:
         yield carry
 
 
-def _document_pieces(documents: Iterable[str], pieces: bool, size: int) -> Iterator[tuple[int, str, bool]]:
-    """(document number, piece, first piece of its document) for every non-empty piece; with `pieces` the
-    items of `documents` are consecutive parts of one document."""
+def _text_pieces(documents: Iterable[str], pieces: bool, size: int) -> Iterator[str]:
+    """Every document cut into pieces of about `size` characters (with `pieces`, the items of `documents` are
+    consecutive parts of one document); a document shorter than that is one piece."""
     if pieces:
-        for k, piece in enumerate(safe_pieces(documents, size)):
-            yield 0, piece, k == 0
+        yield from safe_pieces(documents, size)
         return
-    for d, document in enumerate(documents):
+    for document in documents:
         if len(document) <= size:
             if document:
-                yield d, document, True
-            continue
-        for k, piece in enumerate(safe_pieces((document,), size)):
-            yield d, piece, k == 0
+                yield document
+        else:
+            yield from safe_pieces((document,), size)
 
 
 # --- the tokenizer, from a sample -----------------------------------------------------------------------------
@@ -176,7 +174,7 @@ def _sample(
     spread = total_bytes is not None and total_bytes > sample_bytes
     share = sample_bytes / total_bytes if spread else 1.0
     read = taken = 0
-    for _, piece, _ in _document_pieces(documents, pieces, TRAIN_PIECE_CHARS):
+    for piece in _text_pieces(documents, pieces, TRAIN_PIECE_CHARS):
         _check_cancel(cancel)
         n = _utf8_len(piece)
         read += n
@@ -212,7 +210,7 @@ def train_tokenizer_from_documents(
         chars: set[str] = set()
         ascii_seen = np.zeros(128, dtype=bool)
         done = 0
-        for _, piece, _ in _document_pieces(documents(), pieces, PIECE_CHARS):
+        for piece in _text_pieces(documents(), pieces, PIECE_CHARS):
             _check_cancel(cancel)
             if piece.isascii():  # a byte histogram is ~10x faster than a set of characters
                 ascii_seen |= np.bincount(np.frombuffer(piece.encode("ascii"), np.uint8), minlength=128) > 0
@@ -231,8 +229,9 @@ def train_tokenizer_from_documents(
     label = "training tokenizer: reading" if total_bytes and total_bytes > sample_bytes else "training tokenizer"
     meter = _Meter(progress, label, total_bytes if total_bytes else None)
     texts = _sample(documents(), pieces, sample_bytes, total_bytes, meter, cancel)
+    # `tokenizers` reads a few hundred pieces ahead of its counting: the last ones and the merges come after
     tokenizer = BpeTokenizer.train_from_iterator(_then(texts, lambda: progress and progress(
-        "training tokenizer: merging", None)), vocab_size, pattern)
+        "training tokenizer: counting and merging", None)), vocab_size, pattern)
     _check_cancel(cancel)
     return tokenizer
 
