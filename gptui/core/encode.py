@@ -364,7 +364,48 @@ class _Piece:
 
 
 def _encode_batch(encode: Callable[[str], np.ndarray], dtype, batch: list[_Piece]) -> list[tuple[np.ndarray, int]]:
+    """Runs on a worker thread: each piece's tokens and UTF-8 length."""
     return [(encode(p.text).astype(dtype, copy=False), _utf8_len(p.text)) for p in batch]
+
+
+class _Streams:
+    """The training and validation token streams, written in order: an end-of-text token goes before every
+    document but a stream's first. Validation tokens go to a file of their own, appended at the end."""
+
+    def __init__(self, train_path: Path, val_path: Path | None, eot: np.ndarray | None):
+        self.files = [open(train_path, "wb"), None]
+        if val_path is not None:
+            self.files[1] = open(val_path, "wb")
+        self.val_path, self.eot = val_path, eot
+        self.tokens, self.bytes = [0, 0], [0, 0]
+        self.began = [False, False]
+
+    def write(self, batch: list[_Piece], results: list[tuple[np.ndarray, int]]) -> None:
+        for piece, (tokens, nbytes) in zip(batch, results, strict=True):
+            s = int(piece.val)
+            if piece.first and self.began[s] and self.eot is not None:
+                self.files[s].write(self.eot.data)
+                self.tokens[s] += 1
+            self.began[s] = True
+            self.files[s].write(tokens.data)
+            self.tokens[s] += len(tokens)
+            self.bytes[s] += nbytes
+
+    def finish(self) -> None:
+        """Append the validation tokens to the training ones and make the file durable."""
+        train, val = self.files
+        if val is not None:
+            val.close()
+            with open(self.val_path, "rb") as src:
+                shutil.copyfileobj(src, train, 1 << 24)
+        train.flush()
+        os.fsync(train.fileno())
+        self.close()
+
+    def close(self) -> None:
+        for f in self.files:
+            if f is not None:
+                f.close()
 
 
 def encode_documents(
@@ -396,57 +437,38 @@ def encode_documents(
     t0 = time.perf_counter()
     meter = _Meter(progress, "encoding", total_bytes)
     eot = None if tokenizer.eot_id is None else np.array([tokenizer.eot_id], dtype=dtype)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    tmp = Path(tmp_name)
-    val_tmp = tmp.with_name(tmp.name + ".val")
-    counts = {"n": [0, 0], "bytes": [0, 0], "docs": 0}
-    began = [False, False]  # whether the train / val stream holds a document (an eot goes before the next)
+    fd, name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    val_tmp = tmp.with_name(tmp.name + ".val") if is_val is not None else None
     encoder = fast_encoder(tokenizer)
+    counts = {"docs": 0}
+    streams = None
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="gptui-encode")
     try:
-        with (
-            os.fdopen(fd, "wb") as train_file,
-            open(val_tmp, "wb") if is_val is not None else _NoFile() as val_file,
-            ThreadPoolExecutor(workers, thread_name_prefix="gptui-encode") as pool,
-        ):
-            files = (train_file, val_file)
-            in_flight: deque = deque()
+        streams = _Streams(tmp, val_tmp, eot)
+        in_flight: deque = deque()  # (batch, future), oldest first: results are written in submission order
 
-            def write(batch: list[_Piece], results: list[tuple[np.ndarray, int]]) -> None:
-                for piece, (tokens, nbytes) in zip(batch, results, strict=True):
-                    s = int(piece.val)
-                    if piece.first and began[s] and eot is not None:
-                        files[s].write(eot.data)
-                        counts["n"][s] += 1
-                    began[s] = True
-                    files[s].write(tokens.data)
-                    counts["n"][s] += len(tokens)
-                    counts["bytes"][s] += nbytes
-                meter.update(counts["bytes"][0] + counts["bytes"][1])
+        def write_oldest() -> None:
+            batch, future = in_flight.popleft()
+            streams.write(batch, future.result())
+            meter.update(sum(streams.bytes))
 
-            def drain(keep: int) -> None:
-                while len(in_flight) > keep:
-                    batch, future = in_flight.popleft()
-                    write(batch, future.result())
-
-            checked = False
-            for batch in _batches(documents, pieces, is_val, counts):
-                _check_cancel(cancel)
-                if not checked:
-                    encoder, checked = _checked(encoder, tokenizer, [p.text for p in batch]), True
-                in_flight.append((batch, pool.submit(_encode_batch, encoder.encode, dtype, batch)))
-                drain(IN_FLIGHT_PER_WORKER * workers)
-            drain(0)
+        for batch in _batches(documents, pieces, is_val, counts):
             _check_cancel(cancel)
-            if is_val is not None:
-                val_file.close()
-                with open(val_tmp, "rb") as src:
-                    shutil.copyfileobj(src, train_file, 1 << 24)
-            train_file.flush()
-            os.fsync(train_file.fileno())
+            if not in_flight and not any(streams.began):
+                encoder = _checked(encoder, tokenizer, [p.text for p in batch])
+            in_flight.append((batch, pool.submit(_encode_batch, encoder.encode, dtype, batch)))
+            while len(in_flight) > IN_FLIGHT_PER_WORKER * workers:
+                write_oldest()
+        while in_flight:
+            write_oldest()
+        _check_cancel(cancel)
+        streams.finish()
         os.chmod(tmp, 0o644)
-        n_tokens = counts["n"][0] + counts["n"][1]
+        n_tokens = sum(streams.tokens)
         if is_val is not None:
-            split, val_bytes = counts["n"][0], counts["bytes"][1]
+            split, val_bytes = streams.tokens[0], streams.bytes[1]
         else:
             split = int(n_tokens * (1 - VAL_FRACTION))
             val_bytes = _bytes_of(tmp, dtype, split, n_tokens, tokenizer)
@@ -455,21 +477,15 @@ def encode_documents(
         tmp.unlink(missing_ok=True)
         raise
     finally:
-        val_tmp.unlink(missing_ok=True)
-    total = counts["bytes"][0] + counts["bytes"][1]
+        pool.shutdown(wait=True, cancel_futures=True)  # after an error, what is still queued is dropped
+        if streams is not None:
+            streams.close()
+        if val_tmp is not None:
+            val_tmp.unlink(missing_ok=True)
+    total = sum(streams.bytes)
     meter.total = meter.total or total
     meter.update(total, force=True)
     return EncodedCorpus(n_tokens, split, val_bytes, counts["docs"], total, time.perf_counter() - t0, encoder.name)
-
-
-class _NoFile:
-    """The validation file of a corpus without a document-level split: never written."""
-
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
 
 
 def _batches(

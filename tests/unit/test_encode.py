@@ -324,6 +324,26 @@ def test_an_error_while_reading_leaves_no_file(tmp_path, error):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_error_in_a_worker_stops_the_rest_and_leaves_no_file(tmp_path, monkeypatch):
+    import gptui.core.encode as encode
+
+    tok = CharTokenizer(sorted(set("".join(DOCS))), eot=True)
+    calls = []
+
+    def failing(text: str) -> np.ndarray:
+        calls.append(text)
+        if len(calls) == 30:
+            raise MemoryError("out of memory")
+        return tok.encode_corpus(text)
+
+    monkeypatch.setattr(encode, "fast_encoder", lambda tokenizer: encode.Encoder("char", failing))
+    monkeypatch.setattr(encode, "PIECE_CHARS", 200)
+    with pytest.raises(MemoryError):
+        encode_documents(iter(DOCS * 50), tok, tmp_path / "t.bin", dtype=np.uint16, workers=2, is_val=is_val)
+    assert list(tmp_path.iterdir()) == []
+    assert len(calls) < 100, "it stops at the error: queued pieces are dropped, not encoded"
+
+
 def test_cancel_while_training_the_tokenizer(tmp_path):
     cancel = threading.Event()
     cancel.set()
