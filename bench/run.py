@@ -474,17 +474,17 @@ def make_corpus(text: str, path: Path, size: int, seed: int = 0) -> None:
 
 
 def bench_prepare(plan: Plan, tmp: Path) -> list[Row]:
-    """`gptui prepare` (BPE 2048, every core) as a child process on a corpus of real text the bench builds, cold
-    cache: throughput is the corpus's bytes over the command's wall time (interpreter start to exit: sampling and
-    training the tokenizer, then encoding); peak memory is that process's own maximum resident set (wait4)."""
+    """`gptui prepare` (BPE 2048, every core) as a child process on a folder corpus of real text the bench
+    builds, cold cache: throughput is the corpus's bytes over the command's wall time (interpreter start to exit:
+    hashing the folder, the tokenizer's sample and training, encoding); peak memory is that process's own
+    maximum resident set (a wrapper process reads it from its only child's rusage)."""
     home = tmp / "prepare"
-    (home / "inputs").mkdir(parents=True, exist_ok=True)
-    corpus = home / "inputs" / "code.txt"
+    corpus = home / "inputs" / "code"
     size = int(plan.prepare_mb * 1e6)
     t = time.perf_counter()
     files = make_code_corpus(corpus, size)
-    log(f"prepare: built a {size / 1e6:,.0f} MB corpus ({files:,} files of Python's standard library, repeated "
-        f"under varying headers) in {time.perf_counter() - t:.0f}s; `gptui prepare` on it, cold cache")
+    log(f"prepare: built a {size / 1e6:,.0f} MB folder of {files:,} files (Python's standard library again and "
+        f"again, each copy under its own header) in {time.perf_counter() - t:.0f}s; `gptui prepare`, cold cache")
     command = [sys.executable, "-m", "gptui", "--home", str(home), "prepare", "--input", "code", "--vocab-size",
                "2048"]
     t = time.perf_counter()
@@ -518,10 +518,10 @@ sys.exit(rc)
 """
 
 
-def make_code_corpus(path: Path, size: int) -> int:
-    """About `size` bytes of real text nobody here wrote: the standard library's Python sources, in sorted
-    order, again and again, each copy under a header naming its copy and path (so no two documents are equal).
-    Returns how many distinct files it drew on."""
+def make_code_corpus(folder: Path, size: int) -> int:
+    """A folder of about `size` bytes of real text nobody here wrote: the standard library's Python sources in
+    sorted order, copied again and again into copy0000/, copy0001/, ..., each file under a header naming its copy
+    and path (so no two documents are equal). Returns the number of files written."""
     import sysconfig
 
     root = Path(sysconfig.get_paths()["stdlib"])
@@ -532,18 +532,19 @@ def make_code_corpus(path: Path, size: int) -> int:
             texts.append((str(f.relative_to(root)), f.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError):
             continue
-    path.parent.mkdir(parents=True, exist_ok=True)
-    written, copy = 0, 0
-    with open(path, "w", encoding="utf-8") as out:
-        while written < size:
-            for name, text in texts:
-                piece = f"# ---- copy {copy} of {name} ----\n{text}\n"
-                out.write(piece)
-                written += len(piece.encode("utf-8"))
-                if written >= size:
-                    break
-            copy += 1
-    return len(texts)
+    written, copy, count = 0, 0, 0
+    while written < size:
+        for name, text in texts:
+            target = folder / f"copy{copy:04d}" / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            data = f"# ---- copy {copy} of {name} ----\n{text}".encode()
+            target.write_bytes(data)
+            written += len(data)
+            count += 1
+            if written >= size:
+                break
+        copy += 1
+    return count
 
 
 # --- 4. time to quality ------------------------------------------------------------------------------------
