@@ -168,21 +168,28 @@ def _sample(
     cancel: threading.Event | None,
 ) -> Iterator[str]:
     """The pieces of text the tokenizer learns from: all of a corpus no larger than the sample; otherwise
-    pieces spread evenly over it (each taken while the sample is behind its share of what was read), or, when
-    the corpus's size is not known, its first `sample_bytes`."""
-    spread = total_bytes is not None and total_bytes > sample_bytes
-    share = sample_bytes / total_bytes if spread else 1.0
+    documents (or parts of the one document) spread evenly over it, each taken while the sample is behind its
+    share of what was read; or, when the corpus's size is not known, its first `sample_bytes`."""
     read = taken = 0
-    for piece in _text_pieces(documents, pieces, TRAIN_PIECE_CHARS):
-        _check_cancel(cancel)
-        n = _utf8_len(piece)
-        read += n
-        if not spread and total_bytes is None and taken >= sample_bytes:
-            break
-        if taken < share * read:
+    if total_bytes is not None and total_bytes > sample_bytes:
+        share = sample_bytes / total_bytes
+        for item in documents:
+            _check_cancel(cancel)
+            n = _utf8_len(item)
+            read += n
+            if taken < share * read:  # only what is taken is cut into pieces
+                taken += n
+                yield from safe_pieces((item,), TRAIN_PIECE_CHARS)
+            meter.update(read)
+    else:
+        for piece in _text_pieces(documents, pieces, TRAIN_PIECE_CHARS):
+            _check_cancel(cancel)
+            if total_bytes is None and taken >= sample_bytes:
+                break
+            read += (n := _utf8_len(piece))
             taken += n
             yield piece
-        meter.update(read)
+            meter.update(read)
     meter.update(read, force=True)
 
 
