@@ -268,7 +268,10 @@ def test_pieces_cut_where_no_pre_token_straddles(mixed_bpe, pattern):
 # --- workers, progress, cancel, errors -------------------------------------------------------------------------
 
 
-def test_any_number_of_workers_writes_the_same_file(tmp_path, mixed_bpe):
+def test_any_number_of_workers_writes_the_same_file(tmp_path, mixed_bpe, monkeypatch):
+    import gptui.core.encode as encode
+
+    monkeypatch.setattr(encode, "PIECE_CHARS", 2000)  # many small batches, finishing out of order
     docs = [KINDS[k] * (i + 1) for i, k in enumerate(KINDS)] * 20
     tok = mixed_bpe["gpt4"]
     results = []
