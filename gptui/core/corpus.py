@@ -108,10 +108,14 @@ def _has_parquet(folder: Path) -> bool:
 
 @dataclass(frozen=True)
 class FileEntry:
-    path: Path
+    full: str  # the file's path (a str: a folder of many small files pays for every Path made)
     rel: str  # path relative to the corpus folder, with "/" separators (the file's own name for a file)
     size: int
     mtime_ns: int
+
+    @property
+    def path(self) -> Path:
+        return Path(self.full)
 
 
 @dataclass
@@ -183,32 +187,36 @@ class Corpus:
                 st = self.path.stat()
             except OSError as exc:
                 raise CorpusError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
-            return [FileEntry(self.path, self.path.name, st.st_size, st.st_mtime_ns)]
-        root = self.path.resolve()
+            return [FileEntry(str(self.path), self.path.name, st.st_size, st.st_mtime_ns)]
+        root = os.path.realpath(self.path)
         found: list[FileEntry] = []
-
-        def fail(exc: OSError) -> None:
-            raise CorpusError(f"{exc.filename or self.path}: cannot read ({exc.strerror or exc})")
-
-        for folder, dirs, names in os.walk(root, onerror=fail):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]  # .git, .cache, editors' swap folders
-            for name in names:
-                if name.startswith("."):
+        pending = [(root, "")]
+        while pending:  # os.scandir: one system call per folder, the file types without a stat each
+            folder, prefix = pending.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except OSError as exc:
+                raise CorpusError(f"{folder}: cannot read ({exc.strerror or exc})") from None
+            for entry in entries:
+                name = entry.name
+                if name.startswith("."):  # .git, .cache, editors' swap files
                     continue
-                if self.kind == "parquet-shards" and not name.lower().endswith(".parquet"):
-                    continue
-                path = Path(folder) / name
-                if path.is_symlink():
-                    target = path.resolve()
-                    if not target.is_relative_to(root) or not target.is_file():
-                        continue  # links are not followed out of the folder
+                rel = prefix + name
                 try:
-                    st = path.stat()
+                    if entry.is_symlink():
+                        target = os.path.realpath(entry.path)
+                        if not target.startswith(root + os.sep) or not os.path.isfile(target):
+                            continue  # links are not followed out of the folder, nor into folders
+                    elif entry.is_dir():
+                        pending.append((entry.path, rel + "/"))
+                        continue
+                    if self.kind == "parquet-shards" and not name.lower().endswith(".parquet"):
+                        continue
+                    st = entry.stat()
                 except OSError as exc:
-                    raise CorpusError(f"{path}: cannot read ({exc.strerror or exc})") from None
-                if not _is_regular(st):
-                    continue
-                found.append(FileEntry(path, path.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+                    raise CorpusError(f"{entry.path}: cannot read ({exc.strerror or exc})") from None
+                if stat.S_ISREG(st.st_mode):
+                    found.append(FileEntry(entry.path, rel, st.st_size, st.st_mtime_ns))
         found.sort(key=lambda e: e.rel.encode("utf-8", "surrogateescape"))
         if not found:
             what = "no Parquet file" if self.kind == "parquet-shards" else "no file"
@@ -234,18 +242,21 @@ class Corpus:
         text_files: list[FileEntry] = []
         binary = bad_utf8 = 0
         check_text = self.kind in ("txt", "folder")
+        count_lines, lines = self.kind == "jsonl", 0
         for entry in files:
             if self.kind in ("folder", "parquet-shards"):
                 rel = entry.rel.encode("utf-8", "surrogateescape")
                 h.update(len(rel).to_bytes(8, "big") + rel + entry.size.to_bytes(8, "big"))
             checker = _TextCheck() if check_text else None
             try:
-                with open(entry.path, "rb") as f:
+                with open(entry.full, "rb") as f:
                     read = 0
                     while chunk := f.read(READ_BYTES):
                         if cancel is not None and cancel.is_set():
                             raise CorpusCancelled("preparing cancelled")
                         h.update(chunk)
+                        if count_lines:
+                            lines += chunk.count(b"\n")
                         if checker is not None:
                             checker.feed(chunk)
                         read += len(chunk)
@@ -270,7 +281,11 @@ class Corpus:
                     bad_utf8 += 1
             text_files.append(entry)
         meter.done()
+        if bad_utf8 and self.kind == "folder":  # with --replace-errors those files are documents: another corpus
+            h.update(b"\0replaced-bad-utf8")
         documents = None
+        if self.kind == "jsonl":
+            documents = lines  # an upper bound (blank lines count): enough to choose the split rule
         if self.kind == "txt":
             documents = 1
         elif self.kind == "folder":
@@ -343,7 +358,7 @@ class Corpus:
         decoder = codecs.getincrementaldecoder("utf-8")("strict")
         consumed = 0
         try:
-            with _open_binary(entry.path) as f:
+            with _open_binary(entry.full) as f:
                 while True:
                     chunk = f.read(READ_BYTES)
                     final = not chunk
@@ -369,7 +384,8 @@ class Corpus:
     def _files_as_documents(self, entries: list[FileEntry], replace_errors: bool) -> Iterator[str]:
         for entry in entries:
             try:
-                data = entry.path.read_bytes()
+                with open(entry.full, "rb") as f:
+                    data = f.read()
             except OSError as exc:
                 raise CorpusError(f"{entry.path}: cannot read ({exc.strerror or exc})") from None
             if len(data) != entry.size:
@@ -630,6 +646,9 @@ class _TextCheck:
             self.blank = False
         if self.bad_at is None:
             state = self.decoder.getstate()[0]
+            if not state and chunk.isascii():  # ASCII is valid UTF-8; isascii is many times faster than decoding
+                self.offset += len(chunk)
+                return
             try:
                 self.decoder.decode(chunk)
             except UnicodeDecodeError as exc:
@@ -677,14 +696,10 @@ def _lines(texts: Iterator[str]) -> Iterator[str]:
         yield pending
 
 
-def _open_binary(path: Path):
-    if path.name.lower().endswith(".gz"):
+def _open_binary(path: str):
+    if path.lower().endswith(".gz"):
         return gzip.open(path, "rb")
     return open(path, "rb")
-
-
-def _is_regular(st: os.stat_result) -> bool:
-    return stat.S_ISREG(st.st_mode)
 
 
 def _pyarrow_parquet():

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gptui.core.config import MAX_UINT16_VOCAB, Config
+from gptui.core.config import MAX_UINT16_VOCAB, SETTINGS_BY_NAME, Config
 from gptui.core.corpus import (
     HASH_SPLIT_MIN_DOCUMENTS,
     Corpus,
@@ -39,7 +39,7 @@ from gptui.core.tokenizer import CharTokenizer, Progress, Tokenizer, load_tokeni
 CACHE_VERSION = 1
 VAL_FRACTION = 0.1
 MISSING_SHOWN = 12  # characters named when a char tokenizer cannot encode a corpus
-DEFAULT_SAMPLE_MB = 256.0
+DEFAULT_SAMPLE_MB = float(SETTINGS_BY_NAME["tokenizer_sample_mb"].default)
 
 Documents = Callable[[], Iterable[str]]
 
@@ -123,11 +123,6 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
-
-
-def corpus_digest(corpus: Path, text_field: str = "text") -> str:
-    """The content digest a corpus is cached under (a text file's: its sha256)."""
-    return Corpus.open(corpus, text_field).scan(replace_errors=True).digest
 
 
 def cache_dir(cache_root: Path, corpus_sha: str, spec: TokenizerSpec | str, corpus_bytes: int = 0) -> Path:

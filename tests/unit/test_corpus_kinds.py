@@ -445,3 +445,12 @@ def test_char_fine_tune_tokenizer_refuses_a_folder_with_unseen_characters(worksp
     root = write_folder(workspace.inputs / "notes", [corpus_text(20), "Zebra ünïcode\n"])
     with pytest.raises(CorpusError, match=r"run X's char tokenizer cannot encode notes/: it lacks \d+ characters"):
         prepare_with_tokenizer(root, run_tokenizer, workspace.cache, source="run X's")
+
+
+def test_a_folder_read_with_replaced_bytes_is_another_cache_entry(workspace):
+    root = write_folder(workspace.inputs / "notes", MANY)
+    (root / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1") * 20)
+    strict = prepare_kind(workspace, root)
+    replaced = prepare_kind(workspace, root, replace_errors=True)
+    assert not replaced.cached and replaced.documents == strict.documents + 1
+    assert strict.skipped == {"binary files": 1} and prepare_kind(workspace, root).cached
