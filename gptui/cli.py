@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--replace-errors", action="store_true", help="replace bytes that are not UTF-8")
     t.add_argument("--skip-bad-rows", action="store_true",
                    help="skip (and count) JSON Lines lines or Parquet rows without text instead of stopping")
+    t.add_argument("--workers", type=_worker_count, default=0, metavar="N",
+                   help="threads that encode the corpus when it is prepared (default 0: one per core)")
     d = t.add_argument_group("several processes (torchrun, DistributedDataParallel)")
     d.add_argument("--nproc-per-node", type=int, metavar="N",
                    help="processes on this machine (one per GPU on CUDA; gloo on the CPU)")
@@ -88,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip (and count) JSON Lines lines or Parquet rows without text instead of stopping")
     pr.add_argument("--text-field", default=None, metavar="FIELD",
                     help="the JSON Lines field or Parquet column holding the text (default: text)")
+    pr.add_argument("--workers", type=_worker_count, default=0, metavar="N",
+                    help="threads that encode the corpus (default 0: one per core)")
 
     c = sub.add_parser("corpora", help="list the corpora in inputs/")
     c.add_argument("--json", action="store_true")
@@ -112,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show tracebacks on errors")
     return p
+
+
+def _worker_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (one per core) or a number of threads, not {text!r}")
+    return n
 
 
 def _version() -> str:
@@ -249,7 +263,7 @@ def cmd_train(args, workspace) -> int:
     job = TrainJob(
         workspace, args.input, config, name=args.name, resume=args.resume, init_from=args.init_from,
         overrides=overrides, on_event=progress, replace_errors=args.replace_errors,
-        skip_bad_rows=args.skip_bad_rows,
+        skip_bad_rows=args.skip_bad_rows, workers=args.workers,
     )
     result = _run_job(job, progress)
     _print_summary(result)
@@ -316,6 +330,8 @@ def _launch(args, workspace, config, overrides) -> int:
         worker.append("--replace-errors")
     if args.skip_bad_rows:
         worker.append("--skip-bad-rows")
+    if args.workers:
+        worker += ["--workers", str(args.workers)]
     return launch(options, worker, _requested_device(workspace, args, config, overrides), debug=args.debug)
 
 
@@ -352,7 +368,8 @@ def _rank_job(args, workspace, config, overrides) -> int:
 
         job = TrainJob(workspace, args.input, config, name=args.name, resume=args.resume,
                        init_from=args.init_from, overrides=overrides, on_event=on_event,
-                       replace_errors=args.replace_errors, dist=dist, skip_bad_rows=args.skip_bad_rows)
+                       replace_errors=args.replace_errors, dist=dist, skip_bad_rows=args.skip_bad_rows,
+                       workers=args.workers)
         result = _run_job(job, progress)
     except (Exception, KeyboardInterrupt) as exc:
         if args.debug:
@@ -590,7 +607,7 @@ def cmd_prepare(args, workspace) -> int:
     try:
         data = prepare(path, spec, workspace.cache, progress=lambda s, f: progress(_prep_event(s, f)),
                        replace_errors=args.replace_errors, show_progress=sys.stderr.isatty(),
-                       text_field=text_field, skip_bad_rows=args.skip_bad_rows)
+                       text_field=text_field, skip_bad_rows=args.skip_bad_rows, workers=args.workers)
     finally:
         progress.close()
     took = time.perf_counter() - t0

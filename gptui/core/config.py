@@ -329,7 +329,9 @@ def _suggest(key: str) -> str:
 
 
 def effective_vocab(config: Config, char_vocab: int = 96) -> int:
-    return char_vocab if config.tokenizer == "char" else config.vocab_size
+    """The model's vocabulary: a char corpus's characters (guessed), or the BPE vocabulary; and the end-of-text
+    token after either."""
+    return 1 + (char_vocab if config.tokenizer == "char" else config.vocab_size)
 
 
 def mlp_hidden(kind: str, ratio: int, n_embd: int) -> int:

@@ -202,10 +202,12 @@ class BpeTokenizer(Tokenizer):
                 progress("encoding", min(1.0, (start + step) / len(chunks)))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
-    def merges(self) -> list[tuple[str, str]]:
-        """The trained merges in order, as pairs of byte-level pieces (GPT-2's printable form of bytes)."""
+    def merges(self) -> list[tuple[bytes, bytes]]:
+        """The trained merges in order, as pairs of byte strings; KeyError for a piece that is not byte-level."""
+        byte_of = {ch: b for b, ch in _byte_to_unicode().items()}
         merges = json.loads(self.hf.to_str())["model"]["merges"]
-        return [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges]
+        pairs = [m.split(" ", 1) if isinstance(m, str) else m for m in merges]  # older files: "a b"
+        return [(bytes(byte_of[c] for c in a), bytes(byte_of[c] for c in b)) for a, b in pairs]
 
     def to_json(self) -> str:
         return self.hf.to_str()

@@ -95,6 +95,7 @@ class TrainJob:
         show_progress: bool = False,
         dist: Dist | None = None,
         skip_bad_rows: bool = False,
+        workers: int = 0,
     ):
         self.workspace = workspace
         self.corpus = corpus
@@ -106,6 +107,7 @@ class TrainJob:
         self.on_event = on_event or (lambda e: None)
         self.replace_errors = replace_errors
         self.skip_bad_rows = skip_bad_rows
+        self.workers = workers  # threads that encode the corpus (0: one per core)
         self.show_progress = show_progress
         self.dist = dist or Dist()
         self._stop = threading.Event()
@@ -282,13 +284,14 @@ class TrainJob:
                 progress=lambda stage, frac: self.emit(ev.Prepare(stage, frac)),
                 replace_errors=self.replace_errors, source=self._tokenizer_source,
                 text_field=config.text_field, skip_bad_rows=self.skip_bad_rows, cancel=self._stop,
-                on_digest=on_digest,
+                on_digest=on_digest, workers=self.workers,
             )
         dataset = prepare(
             corpus, TokenizerSpec.from_config(config), self.workspace.cache,
             progress=lambda stage, frac: self.emit(ev.Prepare(stage, frac)),
             replace_errors=self.replace_errors, show_progress=self.show_progress,
             text_field=config.text_field, skip_bad_rows=self.skip_bad_rows, cancel=self._stop,
+            workers=self.workers,
         )
         return dataset
 

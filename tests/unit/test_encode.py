@@ -147,6 +147,27 @@ def test_a_tokenizer_tiktoken_cannot_reproduce_is_encoded_by_tokenizers(mixed_bp
     assert fast_encoder(tok).encode("Hello World").tolist() == tok.hf.encode("Hello World").ids
 
 
+def test_merges_out_of_id_order_are_encoded_by_tokenizers(mixed_bpe):
+    # tiktoken ranks a merge by its result's id: with two merges swapped the ranks no longer follow the merges
+    data = json.loads(mixed_bpe["gpt4"].to_json())
+    merges = data["model"]["merges"]
+    merges[10], merges[11] = merges[11], merges[10]
+    tok = tokenizer_from_json(json.dumps(data))
+    assert fast_encoder(tok).name == "tokenizers"
+
+
+def test_an_encoder_that_disagrees_on_the_first_piece_is_not_used(tmp_path, mixed_bpe, monkeypatch):
+    import gptui.core.encode as encode
+
+    tok = mixed_bpe["gpt4"]
+    wrong = encode.Encoder("tiktoken", lambda text: np.asarray(tok.encode(text)[::-1], dtype=np.uint32))
+    monkeypatch.setattr(encode, "fast_encoder", lambda tokenizer: wrong)
+    docs = ["short one", KINDS["prose"] * 50]
+    result = encode_documents(iter(docs), tok, tmp_path / "t.bin", dtype=np.uint16)
+    assert result.encoder == "tokenizers"
+    assert read_tokens(tmp_path / "t.bin").tolist() == tok.encode(docs[0]) + [tok.eot_id] + tok.encode(docs[1])
+
+
 # --- documents and the end-of-text token ---------------------------------------------------------------------
 
 
@@ -247,7 +268,10 @@ def test_pieces_cut_where_no_pre_token_straddles(mixed_bpe, pattern):
 # --- workers, progress, cancel, errors -------------------------------------------------------------------------
 
 
-def test_any_number_of_workers_writes_the_same_file(tmp_path, mixed_bpe):
+def test_any_number_of_workers_writes_the_same_file(tmp_path, mixed_bpe, monkeypatch):
+    import gptui.core.encode as encode
+
+    monkeypatch.setattr(encode, "PIECE_CHARS", 2000)  # many small batches, finishing out of order
     docs = [KINDS[k] * (i + 1) for i, k in enumerate(KINDS)] * 20
     tok = mixed_bpe["gpt4"]
     results = []
@@ -301,6 +325,26 @@ def test_an_error_while_reading_leaves_no_file(tmp_path, error):
     with pytest.raises(error):
         encode_documents(documents(), tok, tmp_path / "t.bin", dtype=np.uint16, workers=2)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_error_in_a_worker_stops_the_rest_and_leaves_no_file(tmp_path, monkeypatch):
+    import gptui.core.encode as encode
+
+    tok = CharTokenizer(sorted(set("".join(DOCS))), eot=True)
+    calls = []
+
+    def failing(text: str) -> np.ndarray:
+        calls.append(text)
+        if len(calls) == 30:
+            raise MemoryError("out of memory")
+        return tok.encode_corpus(text)
+
+    monkeypatch.setattr(encode, "fast_encoder", lambda tokenizer: encode.Encoder("char", failing))
+    monkeypatch.setattr(encode, "PIECE_CHARS", 200)
+    with pytest.raises(MemoryError):
+        encode_documents(iter(DOCS * 50), tok, tmp_path / "t.bin", dtype=np.uint16, workers=2, is_val=is_val)
+    assert list(tmp_path.iterdir()) == []
+    assert len(calls) < 100, "it stops at the error: queued pieces are dropped, not encoded"
 
 
 def test_cancel_while_training_the_tokenizer(tmp_path):
