@@ -2,8 +2,9 @@
 
     python bench/run.py [--quick | --smoke] [--only NAME ...] [--json FILE]
 
-NAME is one of: train_throughput, kv_cache, generation, train_sample_overhead, tokenizer, time_to_quality,
-tui_first_frame, ddp_scaling (each adds one or more rows).
+NAME is one of: train_throughput, kv_cache, generation, train_sample_overhead, tokenizer, prepare,
+time_to_quality, tui_first_frame, ddp_scaling (each adds one or more rows). `--prepare-gb G` sets the size of
+the corpus `prepare` builds (full run: 1 GB; PRODUCT.md asks for the 4 GB figure too).
 Prints a table of rows (name, value, unit, target, ok); `--json` writes the same rows as a list of objects with
 exactly those keys. `ok` is true/false for a row with a target and null for an informational row; `value` is
 "n/a" when a row could not be measured (its reason is printed under the table).
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import statistics
@@ -35,8 +37,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))  # the reference implementations next to this file
 
-GROUPS = ("train_throughput", "kv_cache", "generation", "train_sample_overhead", "tokenizer", "time_to_quality",
-          "tui_first_frame", "ddp_scaling")
+GROUPS = ("train_throughput", "kv_cache", "generation", "train_sample_overhead", "tokenizer", "prepare",
+          "time_to_quality", "tui_first_frame", "ddp_scaling")
 
 
 @dataclass
@@ -62,14 +64,15 @@ class Plan:
     tok_vocab: int = 1024
     ttq_minutes: float = 4.0  # time_to_quality's budget per recipe
     ddp_steps: int | None = None  # ddp_scaling's steps per run (None: 40 quick, 150 full)
+    prepare_mb: float = 16.0  # size of the corpus `gptui prepare` is timed on
 
 
 QUICK = Plan(True, 4, 1, 75.0, 3, 50_000, 1, 0, False, 3, (2048, 4096))
-FULL = Plan(False, 11, 3, None, 5, None, 1, 100, True, 5, (2048, 3072, 4096))
+FULL = Plan(False, 11, 3, None, 5, None, 1, 100, True, 5, (2048, 3072, 4096), prepare_mb=1000.0)
 # one block 32 wide, 32 tokens of context, batch 4, char-level: each group's machinery, not its numbers
 TINY_MODEL = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=4, tokenizer="char")
 SMOKE = Plan(True, 3, 1, 5.0, 1, 2_000, 1, 0, True, 1, (128,), smoke=True, model=TINY_MODEL, decode_tokens=8,
-             tok_chars=20_000, tok_vocab=300, ttq_minutes=0.02, ddp_steps=3)
+             tok_chars=20_000, tok_vocab=300, ttq_minutes=0.02, ddp_steps=3, prepare_mb=2.0)
 
 
 @dataclass
@@ -543,6 +546,83 @@ def make_corpus(text: str, path: Path, size: int, seed: int = 0) -> None:
             written += len(chunk.encode("utf-8"))
 
 
+# --- 3b. preparing a large corpus ----------------------------------------------------------------------------
+
+
+def bench_prepare(plan: Plan, tmp: Path) -> list[Row]:
+    """`gptui prepare` (BPE 2048, every core) as a child process on a folder corpus of real text the bench
+    builds, cold cache: throughput is the corpus's bytes over the command's wall time (interpreter start to exit:
+    hashing the folder, the tokenizer's sample and training, encoding); peak memory is that process's own
+    maximum resident set (a wrapper process reads it from its only child's rusage)."""
+    home = tmp / "prepare"
+    corpus = home / "inputs" / "code"
+    size = int(plan.prepare_mb * 1e6)
+    t = time.perf_counter()
+    files = make_code_corpus(corpus, size)
+    log(f"prepare: built a {size / 1e6:,.0f} MB folder of {files:,} files (Python's standard library again and "
+        f"again, each copy under its own header) in {time.perf_counter() - t:.0f}s; `gptui prepare`, cold cache")
+    command = [sys.executable, "-m", "gptui", "--home", str(home), "prepare", "--input", "code", "--vocab-size",
+               "2048"]
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", PEAK_RSS_WRAPPER, *command], capture_output=True, text=True)
+    secs = time.perf_counter() - t
+    lines = proc.stderr.strip().splitlines() or ["?"]
+    if proc.returncode != 0 or not lines[-1].startswith("peak_rss_kb "):
+        raise RuntimeError(f"gptui prepare: {lines[-2 if len(lines) > 1 else -1]}")
+    kb = int(lines[-1].split()[1])
+    peak_mb = kb / (1 << 20) if sys.platform == "darwin" else kb / 1024  # bytes on macOS, KB elsewhere
+    out = proc.stdout
+    mb_s = size / 1e6 / secs
+    shown = f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
+    check = not plan.quick  # the quick run's corpus is too small for the targets to mean anything
+    summary = (out.strip().splitlines() or [""])[-1]
+    return [
+        Row("prepare_mb_s", round(mb_s, 1), "MB/s", ">= 12" if check else "", mb_s >= 12 if check else None,
+            f"`gptui prepare --vocab-size 2048` of a {shown} corpus of Python sources, cold cache, "
+            f"{os.cpu_count()} cores: {secs:.1f}s ({summary})"),
+        Row("prepare_peak_rss_mb", round(peak_mb), "MB", "<= 1024" if check else "",
+            peak_mb <= 1024 if check else None, f"the same command's peak resident memory ({shown} corpus)"),
+    ]
+
+
+# runs the command given as its arguments; its only child is that command, so its children's peak is the command's
+PEAK_RSS_WRAPPER = """
+import resource, subprocess, sys
+rc = subprocess.run(sys.argv[1:]).returncode
+print("peak_rss_kb", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+def make_code_corpus(folder: Path, size: int) -> int:
+    """A folder of about `size` bytes of real text nobody here wrote: the standard library's Python sources in
+    sorted order, copied again and again into copy0000/, copy0001/, ..., each file under a header naming its copy
+    and path (so no two documents are equal). Returns the number of files written."""
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts)  # 31 MB in 3.11
+    texts = []
+    for f in files:
+        try:
+            texts.append((str(f.relative_to(root)), f.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError):
+            continue
+    written, copy, count = 0, 0, 0
+    while written < size:
+        for name, text in texts:
+            target = folder / f"copy{copy:04d}" / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            data = f"# ---- copy {copy} of {name} ----\n{text}".encode()
+            target.write_bytes(data)
+            written += len(data)
+            count += 1
+            if written >= size:
+                break
+        copy += 1
+    return count
+
+
 # --- 4. time to quality ------------------------------------------------------------------------------------
 
 
@@ -727,6 +807,7 @@ BENCHES: dict[str, Callable[[Plan, Path], list[Row]]] = {
     "generation": bench_generation,
     "train_sample_overhead": bench_train_sample_overhead,
     "tokenizer": bench_tokenizer,
+    "prepare": bench_prepare,
     "time_to_quality": bench_time_to_quality,
     "tui_first_frame": bench_tui_first_frame,
     "ddp_scaling": bench_ddp_scaling,
@@ -768,8 +849,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=GROUPS, metavar="NAME",
                         help=f"run only these groups: {', '.join(GROUPS)}")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON to FILE")
+    parser.add_argument("--prepare-gb", type=float, metavar="G",
+                        help="size of the corpus the prepare group builds (full run: 1; quick run: 0.016)")
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else QUICK if args.quick else FULL
+    if args.prepare_gb is not None:
+        if not args.prepare_gb > 0:
+            parser.error("--prepare-gb must be more than 0")
+        plan = dataclasses.replace(plan, prepare_mb=args.prepare_gb * 1000)
     groups = [g for g in GROUPS if (args.only is None or g in args.only)]
     if plan.quick and not plan.smoke and args.only is None:
         groups.remove("time_to_quality")

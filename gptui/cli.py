@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", parser_class=ArgumentParser)
 
     t = sub.add_parser("train", help="train a model headless")
-    t.add_argument("--input", help="corpus in inputs/ (with or without .txt)")
+    t.add_argument("--input", help="corpus in inputs/: a .txt, .txt.gz, .jsonl(.gz) or .parquet file or a folder, "
+                                   "named with or without its extension")
     t.add_argument("--preset", default=None, help="tiny, lecture or seed (default: tiny)")
     t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting (repeatable); `gptui settings` lists them")
@@ -50,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many minutes of training (with --resume: this many more minutes; "
                         "without it, a resume keeps the run's own budget, counted over the run's whole time)")
     t.add_argument("--replace-errors", action="store_true", help="replace bytes that are not UTF-8")
+    t.add_argument("--skip-bad-rows", action="store_true",
+                   help="skip (and count) JSON Lines lines or Parquet rows without text instead of stopping")
+    t.add_argument("--workers", type=_worker_count, default=0, metavar="N",
+                   help="threads that encode the corpus when it is prepared (default 0: one per core)")
     d = t.add_argument_group("several processes (torchrun, DistributedDataParallel)")
     d.add_argument("--nproc-per-node", type=int, metavar="N",
                    help="processes on this machine (one per GPU on CUDA; gloo on the CPU)")
@@ -88,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--vocab-size", type=int, default=None)
     pr.add_argument("--split-pattern", choices=("gpt4", "gpt2"), default="gpt4")
     pr.add_argument("--replace-errors", action="store_true")
+    pr.add_argument("--skip-bad-rows", action="store_true",
+                    help="skip (and count) JSON Lines lines or Parquet rows without text instead of stopping")
+    pr.add_argument("--text-field", default=None, metavar="FIELD",
+                    help="the JSON Lines field or Parquet column holding the text (default: text)")
+    pr.add_argument("--workers", type=_worker_count, default=0, metavar="N",
+                    help="threads that encode the corpus (default 0: one per core)")
 
     c = sub.add_parser("corpora", help="list the corpora in inputs/")
     c.add_argument("--json", action="store_true")
@@ -132,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show tracebacks on errors")
     return p
+
+
+def _worker_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (one per core) or a number of threads, not {text!r}")
+    return n
 
 
 def _version() -> str:
@@ -269,6 +290,7 @@ def cmd_train(args, workspace) -> int:
     job = TrainJob(
         workspace, args.input, config, name=args.name, resume=args.resume, init_from=args.init_from,
         overrides=overrides, on_event=progress, replace_errors=args.replace_errors,
+        skip_bad_rows=args.skip_bad_rows, workers=args.workers,
     )
     result = _run_job(job, progress)
     _print_summary(result)
@@ -335,6 +357,10 @@ def _launch(args, workspace, config, overrides) -> int:
         worker += ["--max-minutes", repr(args.max_minutes)]
     if args.replace_errors:
         worker.append("--replace-errors")
+    if args.skip_bad_rows:
+        worker.append("--skip-bad-rows")
+    if args.workers:
+        worker += ["--workers", str(args.workers)]
     return launch(options, worker, _requested_device(workspace, args, config, overrides), debug=args.debug)
 
 
@@ -371,7 +397,8 @@ def _rank_job(args, workspace, config, overrides) -> int:
 
         job = TrainJob(workspace, args.input, config, name=args.name, resume=args.resume,
                        init_from=args.init_from, overrides=overrides, on_event=on_event,
-                       replace_errors=args.replace_errors, dist=dist)
+                       replace_errors=args.replace_errors, dist=dist, skip_bad_rows=args.skip_bad_rows,
+                       workers=args.workers)
         result = _run_job(job, progress)
     except (Exception, KeyboardInterrupt) as exc:
         if args.debug:
@@ -594,6 +621,7 @@ def cmd_runs(args, workspace) -> int:
 
 
 def cmd_prepare(args, workspace) -> int:
+    from gptui.core.config import SETTINGS_BY_NAME
     from gptui.core.data import TokenizerSpec, prepare
 
     workspace.ensure()
@@ -601,17 +629,26 @@ def cmd_prepare(args, workspace) -> int:
     vocab = args.vocab_size if args.vocab_size is not None else 512
     if args.tokenizer == "bpe" and not 257 <= vocab <= 1 << 20:
         raise InputError(f"--vocab-size must be between 257 and {1 << 20}, not {vocab}")
+    text_field = SETTINGS_BY_NAME["text_field"].default if args.text_field is None else args.text_field
+    if not text_field.strip():
+        raise InputError("--text-field needs the name of a field or column")
     spec = TokenizerSpec("char", 0, "") if args.tokenizer == "char" else TokenizerSpec("bpe", vocab, args.split_pattern)
     progress = ConsoleProgress(sys.stderr)
     t0 = time.perf_counter()
-    data = prepare(path, spec, workspace.cache, progress=lambda s, f: progress(_prep_event(s, f)),
-                   replace_errors=args.replace_errors, show_progress=sys.stderr.isatty())
-    progress.close()
+    try:
+        data = prepare(path, spec, workspace.cache, progress=lambda s, f: progress(_prep_event(s, f)),
+                       replace_errors=args.replace_errors, show_progress=sys.stderr.isatty(),
+                       text_field=text_field, skip_bad_rows=args.skip_bad_rows, workers=args.workers)
+    finally:
+        progress.close()
     took = time.perf_counter() - t0
-    how = "cache hit" if data.cached else (
-        f"tokenizer {data.seconds['train_tokenizer']:.2f}s, encode {data.seconds['encode']:.2f}s")
-    print(f"{path.name}: {len(data.tokens):,} tokens, {data.tokenizer.describe()}, "
-          f"{len(data.tokens) / max(1, data.corpus_bytes):.3f} tokens/byte; {took:.2f}s ({how})")
+    how = f"cache hit after hashing {data.seconds.get('hash', 0):.2f}s" if data.cached else (
+        f"hashing {data.seconds.get('hash', 0):.2f}s, tokenizer {data.seconds['train_tokenizer']:.2f}s, "
+        f"encode {data.seconds['encode']:.2f}s")
+    skipped = f", {data.skipped_text()}" if data.skipped else ""
+    print(f"{path.name}: {data.documents:,} document{'s' if data.documents != 1 else ''}, "
+          f"{len(data.tokens):,} tokens, {data.tokenizer.describe()}, "
+          f"{len(data.tokens) / max(1, data.corpus_bytes):.3f} tokens/byte{skipped}; {took:.2f}s ({how})")
     return 0
 
 
@@ -622,15 +659,20 @@ def _prep_event(stage, fraction):
 
 
 def cmd_corpora(args, workspace) -> int:
+    from gptui.core.corpus import KIND_NAMES
+
     workspace.ensure()
     infos = workspace.corpora()
     if args.json:
-        print(json.dumps([{"name": c.name, "bytes": c.bytes, "chars": c.chars, "lines": c.lines,
+        print(json.dumps([{"name": c.name, "file": c.file_name, "kind": c.kind, "bytes": c.bytes,
+                           "documents": c.documents, "files": c.files, "chars": c.chars, "lines": c.lines,
                            "error": c.error} for c in infos], indent=2))
         return 0
     for c in infos:
-        chars = f"{c.chars:,} chars" if c.chars is not None else c.error
-        print(f"{c.name:<30} {c.bytes:>12,} bytes  {chars:>18}  {c.lines:>9,} lines")
+        documents = "?" if c.documents is None else f"{c.documents:,}"
+        note = f"  ({c.error})" if c.error else ""
+        print(f"{c.name:<30} {KIND_NAMES.get(c.kind, c.kind):<16} {c.bytes:>15,} bytes  {documents:>10} documents"
+              f"  {c.files:>7,} files{note}")
     return 0
 
 

@@ -183,6 +183,10 @@ SETTINGS: tuple[Setting, ...] = (
        min=257, max=MAX_VOCAB),
     _s("split_pattern", str, "gpt4", "data", "Regex that splits text before BPE merges: GPT-4's or GPT-2's.",
        choices=("gpt4", "gpt2")),
+    _s("text_field", str, "text", "data", "The field (JSON Lines) or column (Parquet) that holds each document."),
+    _s("tokenizer_sample_mb", float, 256.0, "data",
+       "Megabytes of the corpus the BPE tokenizer learns from, spread over it (a smaller corpus: all of it).",
+       min=1.0, max=1e6),
     # optimisation
     _s("batch_size", int, 32, "optim", "Sequences per micro-batch.", min=1, max=8192),
     _s("grad_accum", int, 1, "optim", "Micro-batches accumulated per optimizer step.", min=1, max=1024),
@@ -309,6 +313,8 @@ def validate(config: Config) -> dict[str, str]:
     head_size = config.n_embd // config.n_head if not problems.keys() & {"n_embd", "n_head"} else 0
     if config.pos_embedding == "rope" and head_size % 2:
         problems["pos_embedding"] = f"rope needs an even head size (n_embd / n_head = {head_size})"
+    if "text_field" not in problems and not config.text_field.strip():
+        problems["text_field"] = "text_field must name the field or column that holds the text"
     if not problems.keys() & {"warmup_iters", "max_iters"} and config.warmup_iters >= config.max_iters:
         problems["warmup_iters"] = (
             f"warmup_iters ({config.warmup_iters}) must be smaller than max_iters ({config.max_iters})"
@@ -376,7 +382,9 @@ def _suggest(key: str) -> str:
 
 
 def effective_vocab(config: Config, char_vocab: int = 96) -> int:
-    return char_vocab if config.tokenizer == "char" else config.vocab_size
+    """The model's vocabulary: a char corpus's characters (guessed), or the BPE vocabulary; and the end-of-text
+    token after either."""
+    return 1 + (char_vocab if config.tokenizer == "char" else config.vocab_size)
 
 
 def mlp_hidden(kind: str, ratio: int, n_embd: int) -> int:

@@ -27,3 +27,9 @@ class DamagedRun(GptuiError):
 
 class RunBusy(InputError):
     """The run is being trained by another process (or by another job of this one)."""
+
+
+class CorpusCancelled(GptuiError):
+    """Preparing a corpus was cancelled (ctrl-c or Cancel); nothing partial was left on disk."""
+
+    exit_code = 130  # as an interrupted command's

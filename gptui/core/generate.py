@@ -366,7 +366,8 @@ class TrainingSampler:
 
 class _TextAssembler:
     """Turns one continuation's tokens into text pieces: whole UTF-8 characters only, and nothing from the stop
-    string on (text that could be its start is held back until it is clear)."""
+    string or the end-of-text token on (text that could be the stop string's start is held back until it is
+    clear)."""
 
     def __init__(self, tokenizer: Tokenizer, stop: str):
         self.tokenizer, self.stop = tokenizer, stop
@@ -375,6 +376,8 @@ class _TextAssembler:
         self.done = False
 
     def feed(self, token: int) -> str:
+        if token == self.tokenizer.eot_id:  # the end of a document: what was held back is all there is
+            return self.finish()
         self.held += self.utf8.decode(self.tokenizer.token_bytes[token])
         if not self.stop:
             out, self.held = self.held, ""

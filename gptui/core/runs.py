@@ -365,7 +365,7 @@ def safetensors_header(path: Path) -> dict[str, Any]:
 def tokenizer_vocab_size(path: Path) -> int:
     data = read_json(path)
     if data.get("type") == "gptui-char":
-        return len(data["chars"])
+        return len(data["chars"]) + (data.get("eot") is True)  # the end-of-text id comes after the characters
     return len(data["model"]["vocab"]) + len(data.get("added_tokens") or [])
 
 

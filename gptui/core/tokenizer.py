@@ -2,13 +2,18 @@
 
 Both map text to ids and back exactly, expose `token_bytes` (the UTF-8 bytes of each id, which lets generation
 stream text without splitting a character) and save to a single `tokenizer.json` loadable with `load_tokenizer`.
+
+A tokenizer made since corpora have several documents has one more id, `eot_id`, the end-of-text token placed
+between documents: it comes after the trained vocabulary (so the merges and every other id are the ones the same
+text always gave), has no bytes (bits per byte count only text), and no text encodes to it (a literal
+"<|endoftext|>" in a document is ordinary text). Tokenizers saved before it have `eot_id` None.
 """
 
 from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from pathlib import Path
 
@@ -23,6 +28,7 @@ SPLIT_PATTERNS = {
 }
 CHAR_FORMAT = "gptui-char"
 CHUNK_CHARS = 1 << 16
+EOT = "<|endoftext|>"
 
 Progress = Callable[[str, float | None], None]
 
@@ -43,10 +49,11 @@ def _byte_to_unicode() -> dict[int, str]:
 
 
 class Tokenizer:
-    """Common interface: `encode`, `decode`, `vocab_size`, `token_bytes`, `to_json`."""
+    """Common interface: `encode`, `decode`, `vocab_size`, `token_bytes`, `eot_id`, `to_json`."""
 
     kind: str
     token_bytes: list[bytes]
+    eot_id: int | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -59,7 +66,9 @@ class Tokenizer:
         return np.asarray(self.encode(text), dtype=np.int64)
 
     def decode(self, ids: Sequence[int]) -> str:
-        return b"".join(self.token_bytes[i] for i in ids).decode("utf-8", errors="replace")
+        eot = EOT.encode("utf-8")
+        return b"".join(eot if i == self.eot_id else self.token_bytes[i] for i in ids).decode(
+            "utf-8", errors="replace")
 
     def to_json(self) -> str:
         raise NotImplementedError
@@ -78,16 +87,19 @@ class CharTokenizer(Tokenizer):
 
     kind = "char"
 
-    def __init__(self, chars: Sequence[str]):
+    def __init__(self, chars: Sequence[str], eot: bool = False):
         self.chars = list(chars)
         self.token_bytes = [c.encode("utf-8") for c in self.chars]
+        if eot:  # reserved after every character, so each character keeps the id it always had
+            self.eot_id = len(self.chars)
+            self.token_bytes.append(b"")
         self._codes = np.array([ord(c) for c in self.chars], dtype=np.uint32)
         self._order = np.argsort(self._codes)
         self._sorted = self._codes[self._order]
 
     @classmethod
     def train(cls, text: str) -> CharTokenizer:
-        return cls(sorted(set(text)))
+        return cls(sorted(set(text)), eot=True)
 
     def encode(self, text: str) -> list[int]:
         return self.encode_corpus(text).tolist()
@@ -104,7 +116,9 @@ class CharTokenizer(Tokenizer):
         return self._order[pos].astype(np.int64)
 
     def to_json(self) -> str:
-        return json.dumps({"type": CHAR_FORMAT, "version": 1, "chars": self.chars}, ensure_ascii=False)
+        if self.eot_id is None:  # as saved before the end-of-text id existed, byte for byte
+            return json.dumps({"type": CHAR_FORMAT, "version": 1, "chars": self.chars}, ensure_ascii=False)
+        return json.dumps({"type": CHAR_FORMAT, "version": 2, "chars": self.chars, "eot": True}, ensure_ascii=False)
 
 
 class BpeTokenizer(Tokenizer):
@@ -116,10 +130,15 @@ class BpeTokenizer(Tokenizer):
         self.hf = hf_tokenizer
         byte_of = {ch: b for b, ch in _byte_to_unicode().items()}
         vocab = hf_tokenizer.get_vocab()
+        self.eot_id = vocab.get(EOT) if EOT in _special_tokens(hf_tokenizer) else None
         table = [b""] * len(vocab)
         for piece, idx in vocab.items():
-            table[idx] = bytes(byte_of[ch] for ch in piece)
+            if idx != self.eot_id:
+                table[idx] = bytes(byte_of[ch] for ch in piece)
         self.token_bytes = table
+        if self.eot_id is not None:
+            # not saved in tokenizer.json: without it `tokenizers` would turn the text "<|endoftext|>" into eot
+            hf_tokenizer.encode_special_tokens = True
 
     @classmethod
     def train(
@@ -130,7 +149,23 @@ class BpeTokenizer(Tokenizer):
         progress: Progress | None = None,
         show_progress: bool = False,
     ) -> BpeTokenizer:
-        from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+        chunks = split_chunks(text)
+        if progress:
+            progress("training tokenizer", None)
+        return cls.train_from_iterator(chunks, vocab_size, pattern, show_progress, length=len(chunks))
+
+    @classmethod
+    def train_from_iterator(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int,
+        pattern: str = "gpt4",
+        show_progress: bool = False,
+        length: int | None = None,
+    ) -> BpeTokenizer:
+        """Train on `texts`, pieces of text each ending where no pre-token can straddle (see `split_chunks`);
+        the end-of-text token is then added after the trained vocabulary."""
+        from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trainers
         from tokenizers import Tokenizer as HfTokenizer
 
         if vocab_size < 257:
@@ -146,13 +181,11 @@ class BpeTokenizer(Tokenizer):
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            special_tokens=[],
+            special_tokens=[],  # a special token given here would take id 0 and shift every other id
             show_progress=show_progress,
         )
-        chunks = split_chunks(text)
-        if progress:
-            progress("training tokenizer", None)
-        hf.train_from_iterator(chunks, trainer=trainer, length=len(chunks))
+        hf.train_from_iterator(texts, trainer=trainer, length=length)
+        hf.add_special_tokens([AddedToken(EOT, special=True, normalized=False)])
         return cls(hf)
 
     def encode(self, text: str) -> list[int]:
@@ -170,8 +203,19 @@ class BpeTokenizer(Tokenizer):
                 progress("encoding", min(1.0, (start + step) / len(chunks)))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
+    def merges(self) -> list[tuple[bytes, bytes]]:
+        """The trained merges in order, as pairs of byte strings; KeyError for a piece that is not byte-level."""
+        byte_of = {ch: b for b, ch in _byte_to_unicode().items()}
+        merges = json.loads(self.hf.to_str())["model"]["merges"]
+        pairs = [m.split(" ", 1) if isinstance(m, str) else m for m in merges]  # older files: "a b"
+        return [(bytes(byte_of[c] for c in a), bytes(byte_of[c] for c in b)) for a, b in pairs]
+
     def to_json(self) -> str:
         return self.hf.to_str()
+
+
+def _special_tokens(hf_tokenizer) -> set[str]:
+    return {t.content for t in hf_tokenizer.get_added_tokens_decoder().values() if t.special}
 
 
 def split_chunks(text: str, size: int = CHUNK_CHARS) -> list[str]:
@@ -220,7 +264,7 @@ def tokenizer_from_json(text: str) -> Tokenizer:
         chars = data.get("chars")
         if not isinstance(chars, list) or not all(isinstance(c, str) and len(c) == 1 for c in chars):
             raise ValueError("char tokenizer has a malformed character list")
-        return CharTokenizer(chars)
+        return CharTokenizer(chars, eot=data.get("eot") is True)
     from tokenizers import Tokenizer as HfTokenizer
 
     return BpeTokenizer(HfTokenizer.from_str(text))

@@ -36,6 +36,7 @@ from gptui.core.config import (
     config_to_dict,
     estimate_params,
 )
+from gptui.core.corpus import corpus_name
 from gptui.core.data import BatchSampler, Dataset, TokenizerSpec, prepare, prepare_with_tokenizer
 from gptui.core.device import autocast, memory_reading, pick_device, pick_dtype, setup_backend
 from gptui.core.distributed import Dist, PeerLost
@@ -116,6 +117,8 @@ class TrainJob:
         replace_errors: bool = False,
         show_progress: bool = False,
         dist: Dist | None = None,
+        skip_bad_rows: bool = False,
+        workers: int = 0,
     ):
         self.workspace = workspace
         self.corpus = corpus
@@ -126,6 +129,8 @@ class TrainJob:
         self.overrides = overrides or {}
         self.on_event = on_event or (lambda e: None)
         self.replace_errors = replace_errors
+        self.skip_bad_rows = skip_bad_rows
+        self.workers = workers  # threads that encode the corpus (0: one per core)
         self.show_progress = show_progress
         self.dist = dist or Dist()
         self._stop = threading.Event()
@@ -247,7 +252,7 @@ class TrainJob:
                 raise InputError(f"cannot change {', '.join(fixed)} when resuming (only schedule and hardware)")
             config = updated
             check_available(config.trackers)
-            corpus = self.workspace.corpus_path(saved.get("corpus", ""))
+            corpus = self.workspace.corpus_path(saved.get("corpus_file") or saved.get("corpus", ""))
             self._corpus_name = corpus.name
             checkpoint = self._load_checkpoint(run)
             vocab = tokenizer_vocab_size(run.file(TOKENIZER))
@@ -259,17 +264,20 @@ class TrainJob:
             self.run_dir = run
             self.log(f"resuming run {run.id} at step {checkpoint['step']}")
             self._schedule = saved.get("schedule")
-            if saved.get("init_from"):  # a fine-tune encodes with its source's tokenizer, kept in its own folder
-                try:
-                    self._tokenizer_json = run.file(TOKENIZER).read_text(encoding="utf-8")
-                except OSError as exc:
-                    raise InputError(f"run {run.id}: tokenizer.json cannot be read ({exc.strerror or exc})") from None
-                self._tokenizer_source = f"run {run.id}'s"
-            dataset = self._prepare(corpus, config)
-            if dataset.corpus_sha256 != saved.get("corpus_sha256"):
-                raise InputError(
-                    f"corpus {corpus.name} changed since run {run.id} started; resuming needs the original text"
-                )
+            # a resume encodes with the run's own tokenizer.json (same tokens, nothing retrained), so a run whose
+            # cache entry is gone still resumes with the tokenizer it was trained with
+            try:
+                self._tokenizer_json = run.file(TOKENIZER).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise InputError(f"run {run.id}: tokenizer.json cannot be read ({exc.strerror or exc})") from None
+            self._tokenizer_source = f"run {run.id}'s"
+
+            def same_corpus(digest: str) -> None:
+                if digest != saved.get("corpus_sha256"):
+                    raise InputError(f"corpus {corpus.name} changed since run {run.id} started; resuming needs "
+                                     "the original text")
+
+            dataset = self._prepare(corpus, config, on_digest=same_corpus)
             if load_tokenizer(run.file(TOKENIZER)).token_bytes != dataset.tokenizer.token_bytes:
                 raise InputError(f"the tokenizer cached for {corpus.name} differs from run {run.id}'s own")
             if rebuild:
@@ -296,15 +304,17 @@ class TrainJob:
         if source is not None:
             self._init_state = _load_source_weights(source, config, dataset.tokenizer.vocab_size)
         params = estimate_params(config, dataset.tokenizer.vocab_size)
-        run = store.create(corpus.stem, params, self.name)
+        run = store.create(corpus_name(corpus), params, self.name)
         self._claim = claim_run(run.path, run.id)
         self.run_dir = run
         run.write_config(
             {
                 "settings": config_to_dict(config),
-                "corpus": corpus.stem,
+                "corpus": corpus_name(corpus),
+                "corpus_file": corpus.name,
                 "corpus_sha256": dataset.corpus_sha256,
                 "corpus_bytes": dataset.corpus_bytes,
+                **dataset.corpus_record(),
                 "vocab_size": dataset.tokenizer.vocab_size,
                 "params": params,
                 "world_size": self.dist.world_size,
@@ -321,18 +331,22 @@ class TrainJob:
                         pid=os.getpid(), host=socket.gethostname(), heartbeat=time.time())
         return run, config, dataset, None
 
-    def _prepare(self, corpus: Path, config: Config) -> Dataset:
+    def _prepare(self, corpus: Path, config: Config, on_digest=None) -> Dataset:
         self.emit(ev.Prepare("preparing data", None))
         if self._tokenizer_json is not None:
             return prepare_with_tokenizer(
                 corpus, self._tokenizer_json, self.workspace.cache,
                 progress=lambda stage, frac: self.emit(ev.Prepare(stage, frac)),
                 replace_errors=self.replace_errors, source=self._tokenizer_source,
+                text_field=config.text_field, skip_bad_rows=self.skip_bad_rows, cancel=self._stop,
+                on_digest=on_digest, workers=self.workers,
             )
         dataset = prepare(
             corpus, TokenizerSpec.from_config(config), self.workspace.cache,
             progress=lambda stage, frac: self.emit(ev.Prepare(stage, frac)),
             replace_errors=self.replace_errors, show_progress=self.show_progress,
+            text_field=config.text_field, skip_bad_rows=self.skip_bad_rows, cancel=self._stop,
+            workers=self.workers,
         )
         return dataset
 
@@ -350,6 +364,9 @@ class TrainJob:
             f"data: {len(d.tokens):,} tokens ({d.tokenizer.describe()}), "
             f"{len(d.train):,} train / {len(d.val):,} val, {d.val_tokens_per_byte:.3f} tokens per byte"
         )
+        if d.corpus_kind != "txt" or d.skipped:
+            self.log(f"data: {d.corpus_kind} corpus, {d.documents:,} documents from {d.files:,} files"
+                     + (f"; {d.skipped_text()}" if d.skipped else ""))
 
     def _load_checkpoint(self, run: Run) -> dict:
         path = run.file(CHECKPOINT)

@@ -63,7 +63,7 @@ def test_first_start_selects_the_sample_and_never_loads_torch(tmp_path: Path) ->
             await pilot.pause()
             table = app.query_one("#corpus-table", DataTable)
             assert table.get_cell("tinyshakespeare", "cache") == "no"
-            assert "1,115,394" in table.get_row("tinyshakespeare")
+            assert table.get_row("tinyshakespeare")[1:5] == ["text", "1.1 MB", "1", "1"]  # kind, size, docs, files
         assert "torch" not in sys.modules or _torch_loaded_elsewhere()
 
     asyncio.run(go())
@@ -85,7 +85,8 @@ def test_tokenizer_choice_is_shared_and_prepare_fills_the_cache(home: Path) -> N
             assert app.model_tab.field("tokenizer").raw == "char"  # mirrored into the Model form
             app.model_tab.set_values({"tokenizer": "bpe", "vocab_size": 300})
             await pilot.pause()
-            assert corpus.tokenizer_values() == {"tokenizer": "bpe", "vocab_size": "300", "split_pattern": "gpt4"}
+            assert corpus.tokenizer_values() == {"tokenizer": "bpe", "vocab_size": "300", "split_pattern": "gpt4",
+                                                 "text_field": "text"}
 
             await pilot.click("#prepare")
             table = app.query_one("#corpus-table", DataTable)

@@ -69,9 +69,9 @@ def test_replace_errors_accepts_a_corpus_with_bad_bytes(small_workspace):
     assert result.returncode == 0, result.stderr
 
 
-def test_a_directory_named_like_a_corpus_is_refused(small_workspace):
-    (small_workspace.inputs / "folder.txt").mkdir()
-    refused(gptui(small_workspace.home, "train", "--input", "folder", *TINY), "not a regular file")
+def test_an_empty_folder_named_like_a_corpus_is_refused(small_workspace):
+    (small_workspace.inputs / "folder.txt").mkdir()  # a folder is a corpus of its files, whatever its name
+    refused(gptui(small_workspace.home, "train", "--input", "folder", *TINY), "folder.txt/ is empty")
 
 
 def test_a_corpus_that_cannot_be_read_is_refused(small_workspace, monkeypatch):
@@ -104,7 +104,7 @@ def test_a_corpus_edited_after_tokenizing_gets_a_fresh_cache(small_workspace):
 
 
 def test_missing_corpus_and_unknown_run_are_input_errors(small_workspace):
-    refused(gptui(small_workspace.home, "train", "--input", "nope", *TINY), "no corpus 'nope.txt'")
+    refused(gptui(small_workspace.home, "train", "--input", "nope", *TINY), "no corpus 'nope'")
     refused(gptui(small_workspace.home, "generate", "--run", "nope"), "no run 'nope'")
     refused(gptui(small_workspace.home, "train", "--input", "../etc/passwd"), "not a path")
 

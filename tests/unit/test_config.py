@@ -343,7 +343,8 @@ def test_estimate_params_equals_real_model(overrides, vocab):
     base = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, tokenizer="char")
     config = check(dataclasses.replace(default_config(), **(base | overrides)))
     estimate = estimate_params(config, vocab)
-    real_vocab = vocab or (config.vocab_size if config.tokenizer == "bpe" else 96)
+    # a trained tokenizer has the end-of-text token after its vocabulary (or its characters)
+    real_vocab = vocab or 1 + (config.vocab_size if config.tokenizer == "bpe" else 96)
     model = GPT(ModelConfig.from_config(config, real_vocab))
     assert estimate == model.num_params()
 

@@ -98,7 +98,7 @@ def test_tokenizer_settings_get_their_own_cache_entry(workspace, corpus):
     folders = {cache_dir(workspace.cache, results[0].corpus_sha256, s) for s in specs}
     assert len(folders) == len(specs)
     assert results[0].tokenizer.kind == "char" and results[1].tokenizer.kind == "bpe"
-    assert results[1].tokenizer.vocab_size == 300 and results[3].tokenizer.vocab_size == 320
+    assert results[1].tokenizer.vocab_size == 301 and results[3].tokenizer.vocab_size == 321  # + end-of-text
     assert len(results[3].tokens) < len(results[1].tokens) < len(results[0].tokens)
     assert all(prepare(corpus, s, workspace.cache).cached for s in specs)
 
@@ -145,11 +145,12 @@ def test_token_dtype():
 
 def test_damaged_cache_entry_is_rebuilt(workspace, corpus):
     first = prepare(corpus, CHAR, workspace.cache)
+    expected = np.array(first.tokens)  # a copy: the tokens are memory-mapped from the file damaged below
     folder = cache_dir(workspace.cache, first.corpus_sha256, CHAR)
     (folder / "tokens.bin").write_bytes(b"\x00\x01\x02")  # truncated
     again = prepare(corpus, CHAR, workspace.cache)
     assert again.cached is False
-    assert np.array_equal(np.asarray(again.tokens), np.asarray(first.tokens))
+    assert np.array_equal(np.asarray(again.tokens), expected)
     (folder / "meta.json").write_text("{not json", encoding="utf-8")
     assert prepare(corpus, CHAR, workspace.cache).cached is False
 
@@ -213,14 +214,13 @@ def test_empty_corpus_refused(workspace):
             prepare(path, CHAR, workspace.cache)
 
 
-def test_directory_named_like_a_corpus_refused(workspace):
-    folder = workspace.inputs / "x.txt"
+def test_empty_folder_named_like_a_text_file_refused(workspace):
+    folder = workspace.inputs / "x.txt"  # a folder is a corpus of its files, whatever its name
     folder.mkdir()
-    with pytest.raises(CorpusError, match="directory"):
-        prepare(folder, CHAR, workspace.cache)
-    with pytest.raises(CorpusError, match="not a regular file"):
-        workspace.corpus_path("x")
-    assert "x" not in [c.name for c in workspace.corpora()]
+    with pytest.raises(CorpusError, match=r"^x\.txt/ is empty"):
+        prepare(workspace.corpus_path("x"), CHAR, workspace.cache)
+    (info,) = [c for c in workspace.corpora() if c.file_name == "x.txt"]
+    assert info.kind == "folder" and "empty" in info.error
 
 
 def test_missing_corpus_refused(workspace):

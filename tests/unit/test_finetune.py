@@ -172,7 +172,7 @@ def test_a_bpe_source_encodes_any_text(workspace, corpus, tiny_config):
     tuned = TrainJob(workspace, "accents", None, init_from=source.run_id, overrides=FROZEN).run()
     assert tuned.status == "completed"
     run = RunStore(workspace).resolve(tuned.run_id)
-    assert run.read_config()["vocab_size"] == 300
+    assert run.read_config()["vocab_size"] == 301  # 300 + the end-of-text token
 
 
 def test_a_source_without_weights_is_refused(workspace, corpus, other, tiny_config):

@@ -99,7 +99,8 @@ def test_streaming_pieces_join_to_the_full_text(loaded):
 
 
 def test_streaming_without_cache_gives_the_same_text(loaded):
-    settings = SamplingSettings(max_new_tokens=20, temperature=0.8, seed=3)
+    # 15 prompt + 17 new tokens stay within block_size 32: past it the two refill their context differently
+    settings = SamplingSettings(max_new_tokens=17, temperature=0.8, seed=3)
     assert "".join(stream_text(loaded, PROMPT, settings, use_cache=False)) == "".join(
         stream_text(loaded, PROMPT, settings))
 

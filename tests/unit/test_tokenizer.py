@@ -73,14 +73,18 @@ def test_bpe_vocab_size_and_byte_alphabet(bpe_tokenizers, key):
     vocab, _ = key
     tok = bpe_tokenizers[key]
     assert tok.kind == "bpe"
-    assert 257 <= tok.vocab_size <= vocab
+    # the trained vocabulary (bytes + merges) has `vocab` ids at most; the end-of-text id comes after it
+    assert tok.eot_id == tok.vocab_size - 1
+    assert 257 <= tok.eot_id <= vocab
     if vocab <= 300:  # the training text has far more than 44 distinct pairs
-        assert tok.vocab_size == vocab
+        assert tok.eot_id == vocab
+    text_ids = tok.token_bytes[: tok.eot_id]
     # every one of the 256 byte values is a token of its own: any UTF-8 text can be encoded
-    singles = {b for b in tok.token_bytes if len(b) == 1}
+    singles = {b for b in text_ids if len(b) == 1}
     assert singles == {bytes([i]) for i in range(256)}
-    assert all(tok.token_bytes), "no token may decode to nothing"
-    assert len(set(tok.token_bytes)) == tok.vocab_size, "two ids for the same bytes"
+    assert all(text_ids), "no text token may decode to nothing"
+    assert tok.token_bytes[tok.eot_id] == b"", "end-of-text stands for no text"
+    assert len(set(text_ids)) == tok.eot_id, "two ids for the same bytes"
 
 
 def test_bpe_merges_shorten_text(bpe_tokenizers):
@@ -138,8 +142,9 @@ def test_char_round_trips_its_whole_training_text(char_tok):
 def test_char_vocab_is_sorted_distinct_characters(char_tok):
     assert char_tok.kind == "char"
     assert char_tok.chars == sorted(set(CHAR_TRAIN_TEXT))
-    assert char_tok.vocab_size == len(char_tok.chars)
-    assert char_tok.encode(char_tok.chars[0] + char_tok.chars[-1]) == [0, char_tok.vocab_size - 1]
+    assert char_tok.vocab_size == len(char_tok.chars) + 1  # the end-of-text id, after every character
+    assert char_tok.eot_id == len(char_tok.chars)
+    assert char_tok.encode(char_tok.chars[0] + char_tok.chars[-1]) == [0, len(char_tok.chars) - 1]
 
 
 def test_char_empty_string(char_tok):
@@ -214,6 +219,9 @@ def test_token_bytes_consistent_with_decode(bpe_tokenizers, char_tok):
         assert b"".join(tok.token_bytes[i] for i in ids).decode("utf-8") == tok.decode(ids)
         for i in range(tok.vocab_size):
             piece = tok.token_bytes[i]
+            if i == tok.eot_id:  # no text, but shown where it falls (in training samples)
+                assert piece == b"" and tok.decode([i]) == "<|endoftext|>"
+                continue
             assert tok.decode([i]) == piece.decode("utf-8", errors="replace")
 
 

@@ -245,13 +245,17 @@ def test_resume_accepts_a_model_setting_restated_in_another_spelling(workspace, 
     assert resumed.status == "completed" and resumed.step == 25
 
 
-def test_resume_refuses_a_cache_whose_tokenizer_differs_from_the_run(workspace, corpus, tiny_config):
+def test_resume_encodes_with_the_runs_own_tokenizer_not_the_caches(workspace, corpus, tiny_config):
     _, stopped, _ = train(workspace, tiny_config, stop_at_eval=10)
     run = RunStore(workspace).resolve(stopped.run_id)
-    chars = json.loads(run.file("tokenizer.json").read_text())["chars"]
-    run.file("tokenizer.json").write_text(json.dumps({"type": "gptui-char", "version": 1, "chars": chars[::-1]}))
-    with pytest.raises(InputError, match="differs from run"):
-        TrainJob(workspace, None, None, resume=run.id).run()
+    for entry in workspace.cache.iterdir():  # the settings' entry now holds another tokenizer: never used
+        chars = json.loads((entry / "tokenizer.json").read_text())["chars"]
+        (entry / "tokenizer.json").write_text(json.dumps({"type": "gptui-char", "version": 1, "chars": chars[::-1]}))
+    resumed = TrainJob(workspace, None, None, resume=run.id).run()
+    assert resumed.status == "completed" and resumed.step == tiny_config.max_iters
+    assert f"tokenizer: run {run.id}'s (not trained)" in run.file("train.log").read_text(encoding="utf-8")
+    # with the reversed ids the model would start over; with its own it goes on from where it stopped
+    assert resumed.best_val_loss <= stopped.best_val_loss
 
 
 def test_resume_refuses_a_changed_corpus(workspace, corpus, tiny_config):

@@ -1,7 +1,9 @@
-"""The Corpus tab: the texts in inputs/, a preview, adding a file, the tokenizer settings and Prepare."""
+"""The Corpus tab: the corpora in inputs/ (every kind), a preview, adding one by path, the tokenizer settings and
+Prepare (with Cancel)."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +16,13 @@ from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Static
 from textual.worker import get_current_worker
 
 from gptui.core.config import SETTINGS_BY_NAME
+from gptui.core.corpus import KIND_NAMES
 from gptui.core.errors import GptuiError
 from gptui.core.workspace import SAMPLE_CORPUS, CorpusInfo, Workspace
 from gptui.tui.formatting import human_bytes
 from gptui.tui.widgets.setting_field import SettingField
 
-TOKENIZER_SETTINGS = ("tokenizer", "vocab_size", "split_pattern")
+TOKENIZER_SETTINGS = ("tokenizer", "vocab_size", "split_pattern", "text_field")
 PREVIEW_BYTES = 6000
 
 
@@ -57,19 +60,22 @@ class CorpusTab(Vertical):
         self.corpus: str | None = None
         self.infos: dict[str, CorpusInfo] = {}
         self.cache: dict[str, bool] = {}
+        self._cancel_prepare = threading.Event()
 
     def compose(self) -> ComposeResult:
         table: DataTable = DataTable(id="corpus-table", cursor_type="row", zebra_stripes=True)
         table.add_column("corpus", key="name")
+        table.add_column("kind", key="kind")
         table.add_column("size", key="size")
-        table.add_column("characters", key="chars")
-        table.add_column("lines", key="lines")
+        table.add_column("documents", key="documents")
+        table.add_column("files", key="files")
         table.add_column("tokenized", key="cache")
         yield table
         with Horizontal(id="corpus-add"):
-            yield Label("Add a file", classes="inline-label")
-            yield Input(placeholder="path of a .txt file, then Enter", id="corpus-path", compact=True)
-            yield Button("Add file", id="corpus-add-button", compact=True)
+            yield Label("Add a corpus", classes="inline-label")
+            yield Input(placeholder="path of a text, .jsonl or .parquet file or a folder, then Enter",
+                        id="corpus-path", compact=True)
+            yield Button("Add", id="corpus-add-button", compact=True)
         with Horizontal(id="corpus-bottom"):
             with Vertical(id="corpus-tokenizer-box"):
                 yield Static("Tokenizer", classes="group-title")
@@ -78,6 +84,7 @@ class CorpusTab(Vertical):
                     yield SettingField(setting, setting.default, id_prefix="corpus-set")
                 with Horizontal(id="prepare-row"):
                     yield Button("Prepare", id="prepare", compact=True, variant="primary")
+                    yield Button("Cancel", id="prepare-cancel", compact=True, disabled=True)
                     yield ProgressBar(id="prepare-progress", total=100, show_eta=False)
                 yield Static("Prepare trains the tokenizer and encodes the text (cached).", id="prepare-status")
             with Vertical(id="corpus-preview-box"):
@@ -94,16 +101,20 @@ class CorpusTab(Vertical):
         """Re-read inputs/; highlight `select`, else the current corpus, else the sample, else the first."""
         table = self.query_one("#corpus-table", DataTable)
         infos = self.workspace.corpora()
-        self.infos = {i.name: i for i in infos}
+        names = [i.name for i in infos]
+        # a corpus goes by its name; two of one name (notes.txt, notes.jsonl) by their entries in inputs/
+        self.infos = {(i.name if names.count(i.name) == 1 else i.file_name): i for i in infos}
         table.clear()
-        for info in infos:
+        for key, info in self.infos.items():
             table.add_row(
-                info.name, human_bytes(info.bytes), "—" if info.chars is None else f"{info.chars:,}",
-                f"{info.lines:,}", self._cache_text(info.name), key=info.name,
+                key, KIND_NAMES.get(info.kind, info.kind), human_bytes(info.bytes),
+                "?" if info.documents is None else f"{info.documents:,}", f"{info.files:,}",
+                self._cache_text(key), key=key,
             )
+        infos = list(self.infos.values())
         wanted = select or self.corpus or Path(SAMPLE_CORPUS).stem
         if wanted not in self.infos and infos:
-            wanted = infos[0].name
+            wanted = next(iter(self.infos))
         if wanted in self.infos:
             table.move_cursor(row=table.get_row_index(wanted))
             self._select(wanted)
@@ -138,19 +149,16 @@ class CorpusTab(Vertical):
         info = self.infos.get(self.corpus or "")
         if info is None:
             title.update("Preview")
-            preview.update("No corpus: add a .txt file above.")
+            preview.update("No corpus: add a text file, a folder, a .jsonl or a .parquet file above.")
             return
-        title.update(f"Preview of {info.path.name}")
-        try:
-            with open(info.path, "rb") as f:
-                head = f.read(PREVIEW_BYTES)
-        except OSError as exc:
-            preview.update(Text(f"cannot read {info.path.name}: {exc.strerror or exc}"))
-            return
-        text = head.decode("utf-8", errors="replace")
-        if info.bytes > PREVIEW_BYTES:
-            text += "\n…"
-        preview.update(Text(text))
+        title.update(f"Preview of {info.path.name}{'/' if info.path.is_dir() else ''}")
+        from gptui.core.corpus import preview as corpus_preview
+
+        preview.update(Text(corpus_preview(info.path, self._text_field(), PREVIEW_BYTES)))
+
+    def _text_field(self) -> str:
+        raw = str(self.query_one("#corpus-set-text_field", SettingField).raw).strip()
+        return raw or SETTINGS_BY_NAME["text_field"].default
 
     # --- tokenizer settings (mirrored with the Model tab through the app) ---------------------------------
 
@@ -187,19 +195,21 @@ class CorpusTab(Vertical):
             spec = self._spec()
         except (GptuiError, ValueError):
             return  # a half-typed vocabulary size: the field already says why
-        self._check_cache(spec, [i.path for i in self.infos.values() if not i.error])
+        self._check_cache(spec, {k: i.path for k, i in self.infos.items() if not i.error}, self._text_field())
 
     @work(thread=True, exclusive=True, group="corpus-cache", exit_on_error=False)
-    def _check_cache(self, spec, paths: list[Path]) -> None:
+    def _check_cache(self, spec, paths: dict[str, Path], text_field: str) -> None:
         from gptui.core.data import cache_status
 
         worker = get_current_worker()
+        cancelled = _WorkerCancelled(worker)  # a newer check stops this one mid-way through a large corpus
         status = {}
-        for path in paths:
+        for key, path in paths.items():
             if worker.is_cancelled:
                 return
-            status[path.stem] = cache_status(self.workspace.cache, path, spec)
-        self.post_message(self._CacheStatus(status))
+            status[key] = cache_status(self.workspace.cache, path, spec, text_field, cancel=cancelled)
+        if not worker.is_cancelled:
+            self.post_message(self._CacheStatus(status))
 
     def on_corpus_tab__cache_status(self, event: _CacheStatus) -> None:
         self.cache = event.status
@@ -219,27 +229,42 @@ class CorpusTab(Vertical):
             self.notify(f"Fix the tokenizer settings first: {exc}", severity="error")
             return
         self.query_one("#prepare", Button).disabled = True
+        self.query_one("#prepare-cancel", Button).disabled = False
         self.query_one("#prepare-progress", ProgressBar).update(total=None, progress=0)
-        self._prepare(self.infos[self.corpus].path, spec)
+        self._cancel_prepare = threading.Event()
+        self._prepare(self.infos[self.corpus].path, spec, self._text_field(), self._cancel_prepare)
+
+    @on(Button.Pressed, "#prepare-cancel")
+    def cancel_prepare(self) -> None:
+        self._cancel_prepare.set()
+        self.query_one("#prepare-cancel", Button).disabled = True
+        self.query_one("#prepare-status", Static).update(Text("cancelling…"))
 
     @work(thread=True, exclusive=True, group="corpus-prepare", exit_on_error=False)
-    def _prepare(self, path: Path, spec) -> None:
+    def _prepare(self, path: Path, spec, text_field: str, cancel: threading.Event) -> None:
         from gptui.core.data import prepare
 
         try:
             data = prepare(path, spec, self.workspace.cache,
-                           progress=lambda stage, frac: self.post_message(self._PrepareProgress(stage, frac)))
+                           progress=lambda stage, frac: self.post_message(self._PrepareProgress(stage, frac)),
+                           text_field=text_field, cancel=cancel)
         except GptuiError as exc:
+            if cancel.is_set():
+                self.post_message(self._Prepared("cancelled: nothing was cached", error=True))
+                return
             self.post_message(self._Prepared(str(exc), error=True))
             return
         except Exception as exc:  # shown, never a traceback
             self.post_message(self._Prepared(f"{type(exc).__name__}: {exc}", error=True))
             return
         how = "served from cache" if data.cached else (
-            f"tokenizer {data.seconds.get('train_tokenizer', 0):.1f}s, encoding {data.seconds.get('encode', 0):.1f}s"
+            f"hashing {data.seconds.get('hash', 0):.1f}s, tokenizer {data.seconds.get('train_tokenizer', 0):.1f}s, "
+            f"encoding {data.seconds.get('encode', 0):.1f}s"
         )
+        skipped = f", {data.skipped_text()}" if data.skipped else ""
         self.post_message(self._Prepared(
-            f"{path.stem}: {len(data.tokens):,} tokens, {data.tokenizer.describe()}; {how}"
+            f"{path.name}: {data.documents:,} documents, {len(data.tokens):,} tokens, "
+            f"{data.tokenizer.describe()}{skipped}; {how}"
         ))
 
     def on_corpus_tab__prepare_progress(self, event: _PrepareProgress) -> None:
@@ -252,14 +277,15 @@ class CorpusTab(Vertical):
 
     def on_corpus_tab__prepared(self, event: _Prepared) -> None:
         self.query_one("#prepare", Button).disabled = False
+        self.query_one("#prepare-cancel", Button).disabled = True
         bar = self.query_one("#prepare-progress", ProgressBar)
         bar.update(total=100, progress=0 if event.error else 100)
         self.query_one("#prepare-status", Static).update(Text(("✗ " if event.error else "✓ ") + event.text))
-        if event.error:
+        if event.error and not self._cancel_prepare.is_set():
             self.notify(event.text, severity="error", title="Prepare failed")
         self.refresh_cache_status()
 
-    # --- adding a file -----------------------------------------------------------------------------------
+    # --- adding a corpus -----------------------------------------------------------------------------------
 
     @on(Input.Submitted, "#corpus-path")
     @on(Button.Pressed, "#corpus-add-button")
@@ -267,16 +293,31 @@ class CorpusTab(Vertical):
         field = self.query_one("#corpus-path", Input)
         raw = field.value.strip()
         if not raw:
-            self.notify("Type the path of a text file to add.", severity="warning")
+            self.notify("Type the path of a text file, a folder, a .jsonl or a .parquet file to add.",
+                        severity="warning")
             return
         try:
             dest = self.workspace.add_corpus(raw)
         except GptuiError as exc:
-            self.notify(str(exc), severity="error", title="Cannot add file")
+            self.notify(str(exc), severity="error", title="Cannot add corpus")
             return
         except OSError as exc:
-            self.notify(f"{raw}: {exc.strerror or exc}", severity="error", title="Cannot add file")
+            self.notify(f"{raw}: {exc.strerror or exc}", severity="error", title="Cannot add corpus")
             return
         field.value = ""
-        self.notify(f"Added {dest.name} to inputs/.")
-        self.reload(select=dest.stem)
+        how = "linked into" if dest.is_symlink() else "copied to"
+        self.notify(f"Added {dest.name}: {how} inputs/ (checked when it is prepared).")
+        self.reload(select=None)
+        key = next((k for k, i in self.infos.items() if i.path == dest), None)
+        if key is not None:
+            self.reload(select=key)
+
+
+class _WorkerCancelled:
+    """A worker's cancellation, seen as the event the engine's long passes poll."""
+
+    def __init__(self, worker) -> None:
+        self.worker = worker
+
+    def is_set(self) -> bool:
+        return self.worker.is_cancelled

@@ -363,7 +363,9 @@ class RunsTab(Vertical):
         if not corpora:
             self.notify("No corpus to fine-tune on: add a text file on the Corpus tab.", severity="warning")
             return
-        choices = [(c.name, f"{c.name}  ({human_bytes(c.bytes)})") for c in corpora]
+        names = [c.name for c in corpora]  # two corpora of one name (notes.txt, notes.jsonl) go by their entries
+        keys = [c.name if names.count(c.name) == 1 else c.file_name for c in corpora]
+        choices = [(key, f"{key}  ({human_bytes(c.bytes)})") for key, c in zip(keys, corpora, strict=True)]
         settings = config_to_dict(source.config)
 
         def picked(corpus: str | None) -> None:
