@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -474,8 +475,9 @@ class ConsoleProgress:
 
         if isinstance(e, ev.Prepare):
             if self.tty:  # a transient status line; in a pipe, only results are worth a line
-                frac = f" {_bar(e.fraction, 30)} {e.fraction:5.1%}" if e.fraction is not None else "..."
-                self.stream.write(f"\r\x1b[2K{e.stage}{frac}")
+                frac = f" {_bar(e.fraction, 20)} {e.fraction:5.1%}" if e.fraction is not None else "..."
+                width = shutil.get_terminal_size().columns - 1  # a wrapped line could not be redrawn in place
+                self.stream.write(f"\r\x1b[2K{(e.stage + frac)[:width]}")
                 self.stream.flush()
                 self.bar_shown = True
         elif isinstance(e, ev.Started):

@@ -212,7 +212,7 @@ def train_tokenizer_from_documents(
     is learnt whole, so it gets the tokenizer `train_tokenizer` gives its text. `total_bytes` (the corpus's
     UTF-8 size, when known) spreads the sample over the whole corpus and gives the progress an ETA."""
     if kind == "char":
-        meter = _Meter(progress, "reading characters", total_bytes)
+        meter = _Meter(progress, "training tokenizer", total_bytes)
         chars: set[str] = set()
         ascii_seen = np.zeros(128, dtype=bool)
         done = 0
@@ -232,7 +232,7 @@ def train_tokenizer_from_documents(
     if pattern not in SPLIT_PATTERNS:
         raise InputError(f"unknown split pattern {pattern!r} (choose {' or '.join(SPLIT_PATTERNS)})")
     sample_bytes = max(1, int(sample_mb * 1e6))
-    label = "training tokenizer: reading" if total_bytes and total_bytes > sample_bytes else "training tokenizer"
+    label = "training tokenizer: sampling" if total_bytes and total_bytes > sample_bytes else "training tokenizer"
     meter = _Meter(progress, label, total_bytes if total_bytes else None)
     texts = _sample(documents(), pieces, sample_bytes, total_bytes, meter, cancel)
     # `tokenizers` reads a few hundred pieces ahead of its counting: the last ones and the merges come after

@@ -11,7 +11,7 @@ import pytest
 from textual.widgets import Input, Select
 
 from gptui.core.config import Config
-from gptui.core.generate import generate_text, load_model
+from gptui.core.generate import DecodeStats, load_model, stream_text
 from gptui.core.runs import RunStore
 from gptui.core.sampling import SamplingSettings
 from gptui.core.trainer import TrainJob
@@ -39,6 +39,16 @@ async def choose_precision(pilot, value: str) -> None:
     await pilot.press("enter")
     await pilot.pause()
     assert select.value == value
+
+
+def engine_reply(home: Path, run_id: str, prompt: str) -> tuple[str, int]:
+    """The engine's reply to `prompt` with send()'s settings, and the tokens it took: 40, or fewer when the
+    (barely trained) model ends the text with its end-of-text token."""
+    stats = DecodeStats()
+    loaded = load_model(RunStore(Workspace(home)).resolve(run_id), "cpu", "float32")
+    text = "".join(stream_text(loaded, prompt, SamplingSettings(max_new_tokens=40, temperature=0.8, seed=7),
+                               stats=stats))
+    return text, stats.tokens
 
 
 async def send(pilot, prompt: str, max_tokens: str = "40", seed: str = "7") -> None:
@@ -83,16 +93,15 @@ def test_the_reply_streams_in_and_equals_the_engines_text(trained_home, monkeypa
             await wait_for(pilot, lambda: not gen.generating and len(gen.turns) == 2, "the reply")
             reply = gen.turns[-1].text
             assert len(shown) >= 3 and shown == sorted(shown), f"the reply did not stream in: {shown}"
-            expected = generate_text(load_model(RunStore(Workspace(home)).resolve(run_id), "cpu", "float32"),
-                                     "ROMEO:", SamplingSettings(max_new_tokens=40, temperature=0.8, seed=7))
+            expected, tokens = engine_reply(home, run_id, "ROMEO:")
             assert reply == expected
-            assert re.fullmatch(r"40 tokens · [\d,]+ tok/s \(float32, cpu\)", gen.turns[-1].border_subtitle)
+            assert re.fullmatch(rf"{tokens} tokens · [\d,]+ tok/s \(float32, cpu\)", gen.turns[-1].border_subtitle)
             # a second prompt reuses the loaded model and its decoder
             decoder = gen._loaded._decoder
             await send(pilot, "JULIET:")
             await wait_for(pilot, lambda: not gen.generating and len(gen.turns) == 4, "the second reply")
             assert gen._loaded._decoder is decoder
-            assert len(gen.turns[-1].text) == 40
+            assert gen.turns[-1].text == engine_reply(home, run_id, "JULIET:")[0]
 
     asyncio.run(go())
 
@@ -120,6 +129,6 @@ def test_a_precision_the_machine_lacks_is_one_notification(trained_home, monkeyp
             await choose_precision(pilot, "float32")
             await send(pilot, "ROMEO:")
             await wait_for(pilot, lambda: not gen.generating and len(gen.turns) == 4, "the reply")
-            assert len(gen.turns[-1].text) == 40
+            assert gen.turns[-1].text == engine_reply(home, run_id, "ROMEO:")[0]
 
     asyncio.run(go())

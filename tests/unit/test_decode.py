@@ -163,7 +163,8 @@ def test_generate_samples_same_seed_same_texts_with_stop(trained_run):
     texts = generate_samples(loaded, PROMPT, settings, 4)
     assert generate_samples(loaded, PROMPT, settings, 4) == texts
     assert len(set(texts)) > 1
-    assert all(len(t) == 60 for t in texts)  # char-level: one character per token
+    # char-level: one character per token; a sample may end sooner, at the end-of-text token
+    assert all(len(t) <= 60 for t in texts) and any(len(t) == 60 for t in texts)
     stop = texts[1][5:7]
     cut = generate_samples(loaded, PROMPT, SamplingSettings(max_new_tokens=60, temperature=1.0, seed=5, stop=stop),
                            4)
