@@ -135,6 +135,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("tie_embeddings", bool, True, "model", "Share the token embedding with the output head (GPT-2)."),
     _s("logit_softcap", float, 0.0, "model", "Soft-cap the logits at this value with tanh (0 turns it off).",
        min=0.0, max=1000.0),
+    _s("embed_norm", bool, False, "model", "Normalise the token embedding (RMS, no gain) before the first block."),
     # data and tokenizer
     _s("tokenizer", str, "bpe", "data", "bpe: byte-level BPE; char: one token per character (the lecture's).",
        choices=("bpe", "char")),
