@@ -345,8 +345,8 @@ def test_a_char_tokenizer_with_an_end_of_text_id_exports_it_as_a_special_token(t
          "clean_up_tokenization_spaces": False}), encoding="utf-8")
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
     assert tok.eos_token_id == len(chars)
-    assert tok("ab c\n")["input_ids"] == [3, 4, 0, 5, 1]
-    assert tok.decode([3, len(chars), 4], skip_special_tokens=True) == "ab"
+    assert tok("ab c\n")["input_ids"] == [2, 3, 0, 4, 1]
+    assert tok.decode([2, len(chars), 3], skip_special_tokens=True) == "ab"
     assert end_of_text_id(json.dumps({"type": "gptui-char", "version": 1, "chars": chars})) is None
 
 
