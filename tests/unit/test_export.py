@@ -322,6 +322,8 @@ def test_a_bpe_end_of_text_token_is_the_eos_and_generation_stops_there(bpe_run, 
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == eot
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
     assert hf_tok.eos_token == "<|endoftext|>" and hf_tok.eos_token_id == eot
+    assert eot not in hf_tok("a <|endoftext|> b")["input_ids"]  # the text is text, as ours encodes it
+    assert hf_tok.decode([*hf_tok("All")["input_ids"], eot], skip_special_tokens=True) == "All"
 
     # make the end-of-text token the likeliest after the third new token: transformers stops there
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()

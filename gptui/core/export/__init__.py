@@ -141,6 +141,8 @@ def tokenizer_config(config, has_eos: bool) -> dict[str, Any]:
         "clean_up_tokenization_spaces": False,
         "bos_token": None,
         "eos_token": END_OF_TEXT if has_eos else None,
+        # the text "<|endoftext|>" in a prompt is ordinary text, as our tokenizers encode it, never the token
+        "split_special_tokens": True,
         "unk_token": None,
         "pad_token": None,
     }
