@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 MODERN = {"pos_embedding": "rope", "norm": "rmsnorm", "mlp": "relu2", "qk_norm": True, "tie_embeddings": False,
           "logit_softcap": 15.0}
+TINY = {"optimizer": "muon", "muon_lr": 0.02, "vocab_size": 2048}
 # name: (overrides on tiny-classic, steps per minute of budget on 2 cores)
 RECIPES: dict[str, tuple[dict, int]] = {
     "tiny-classic": ({}, 207),
@@ -35,6 +36,12 @@ RECIPES: dict[str, tuple[dict, int]] = {
     "modern-muon-wide": ({**MODERN, "optimizer": "muon", "muon_lr": 0.02, "n_embd": 256, "n_head": 4}, 108),
     "modern-muon-lr4e-3": ({**MODERN, "optimizer": "muon", "muon_lr": 0.02, "lr": 4e-3}, 165),
     "modern-muon-bpe2048": ({**MODERN, "optimizer": "muon", "muon_lr": 0.02, "vocab_size": 2048}, 126),
+    # the tiny preset as each transformers class computes it exactly (issue 16): nanochat's norm after the
+    # embedding (NanoChatForCausalLM); SwiGLU and no soft-cap, with QK-norm (Qwen3ForCausalLM) or without
+    # (LlamaForCausalLM)
+    "tiny-nanochat": ({**MODERN, **TINY, "embed_norm": True}, 126),
+    "tiny-qwen3": ({**MODERN, **TINY, "mlp": "swiglu", "logit_softcap": 0.0}, 126),
+    "tiny-llama": ({**MODERN, **TINY, "mlp": "swiglu", "logit_softcap": 0.0, "qk_norm": False}, 126),
 }
 
 

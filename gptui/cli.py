@@ -694,7 +694,7 @@ def cmd_settings(args, workspace) -> int:
 
 
 def cmd_export(args, workspace) -> int:
-    from gptui.core.export import FORMATS, export_run
+    from gptui.core.export import FORMATS, export_run, run_hf_class
     from gptui.core.runs import RunStore
 
     if args.format not in FORMATS:
@@ -703,7 +703,7 @@ def cmd_export(args, workspace) -> int:
         raise InputError("--out needs a folder")
     run = RunStore(workspace).resolve(args.run)
     path = export_run(run, Path(args.out), args.format)
-    print(f"exported run {run.id} to {path}: {FORMATS[args.format]}")
+    print(f"exported run {run.id} to {path}: {FORMATS[args.format]} ({run_hf_class(run).name})")
     return 0
 
 

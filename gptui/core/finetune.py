@@ -19,7 +19,7 @@ from gptui.core.runs import TOKENIZER, WEIGHTS, Run, require_sound
 # Settings that change the weights' shapes or what they mean; `dropout` is not one of them.
 MODEL_SHAPE: tuple[str, ...] = (
     "n_layer", "n_head", "n_embd", "block_size", "bias", "mlp_ratio", "pos_embedding", "norm", "qk_norm", "mlp",
-    "tie_embeddings", "logit_softcap", "tokenizer", "vocab_size", "split_pattern",
+    "tie_embeddings", "logit_softcap", "embed_norm", "tokenizer", "vocab_size", "split_pattern",
 )
 
 

@@ -35,6 +35,7 @@ class ModelConfig:
     mlp: str = "gelu"  # gelu | relu2 | swiglu
     tie_embeddings: bool = True
     logit_softcap: float = 0.0  # 0: off
+    embed_norm: bool = False
 
     @classmethod
     def from_config(cls, config, vocab_size: int) -> ModelConfig:
@@ -270,6 +271,8 @@ class GPT(nn.Module):
     def _embed(self, idx, positions):
         """Token embeddings, plus learned position embeddings; or the rotary angles for attention to apply."""
         x = self.transformer.wte(idx)
+        if self.config.embed_norm:  # a weightless RMS norm of the token embedding, as nanochat has
+            x = F.rms_norm(x, (x.size(-1),), eps=1e-5)
         if self.rotary is not None:
             return x, self.rotary.at(positions)
         return x + self.transformer.wpe(positions), None

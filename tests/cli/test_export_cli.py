@@ -1,6 +1,6 @@
 """`gptui export RUN --format hf --out DIR` as a user runs it: the folder on success, and one line with exit 2 for
 an unknown run, a folder that is not empty (left as it was), an unknown format, a run without weights yet and
-settings GPT-2 cannot express. (What transformers loads from the folder is checked in tests/unit/test_export.py.)"""
+a recipe no transformers class computes. (What transformers loads from the folder is checked in tests/unit/test_export.py.)"""
 
 from __future__ import annotations
 
@@ -99,16 +99,16 @@ def test_a_run_without_weights_is_one_line_and_exit_2(home, run_id, tmp_path):
         shutil.rmtree(fresh)
 
 
-def test_settings_gpt2_cannot_express_are_named_in_one_line(home, run_id, tmp_path):
+def test_a_recipe_no_class_computes_is_named_in_one_line_with_the_nearest_that_exports(home, run_id, tmp_path):
     modern = home / "models" / "modern"
     shutil.copytree(home / "models" / run_id, modern)
     try:
         config = json.loads((modern / "config.json").read_text())
-        # settings that keep the weights' shapes: one that changes them (rope) would make the run damaged
+        # settings that keep the weights' shapes (one that changes them, rope, would make the run damaged)
         config["settings"].update(norm="rmsnorm", mlp="relu2")
         (modern / "config.json").write_text(json.dumps(config))
         result = gptui(home, "export", "modern", "--out", str(tmp_path / "hf"))
-        assert_one_line_error(result, 2, "GPT-2 cannot express", "mlp=relu2", "norm=rmsnorm")
+        assert_one_line_error(result, 2, "modern cannot be exported", "is in the way", "the nearest that exports")
         assert not (tmp_path / "hf").exists()
     finally:
         shutil.rmtree(modern)

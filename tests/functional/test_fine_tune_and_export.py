@@ -59,7 +59,7 @@ def test_export_writes_the_folder_and_a_refused_path_keeps_the_dialog(trained_ho
             await pilot.press("enter")
             await wait_for(pilot, lambda: any("Exported" in n.message for n in app._notifications),
                            "the export to finish", tries=900)
-            assert any(str(target) in n.message for n in app._notifications)
+            assert any(str(target) in n.message and "(GPT2LMHeadModel)" in n.message for n in app._notifications)
 
             # the same folder again: it is not empty, so the dialog stays open with the reason
             await pilot.press("e")

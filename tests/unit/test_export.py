@@ -1,15 +1,19 @@
-"""Export to a Hugging Face `transformers` folder: what `GPT2LMHeadModel` and `AutoTokenizer` load from it gives
-our logits (fp32, atol 1e-4), our greedy text and our token ids, for char and BPE runs, with and without biases,
-tied and untied; settings GPT-2 cannot express are refused by name; bad targets are refused before anything is
-written, and a failed write leaves nothing behind.
+"""Export to a Hugging Face `transformers` folder: the run's recipe picks the class (GPT-2, Qwen3, Llama, NanoChat),
+and what `AutoModelForCausalLM` and `AutoTokenizer` load from the folder gives our logits (fp32, atol 1e-4), our
+greedy text (50 tokens) and our token ids, for every combination of recipe settings some class computes, char and
+BPE, tied and untied, with every weight nudged by noise so that a wrong transpose, sign or gain cannot hide. Every
+other combination is refused in one line naming the settings in the way and a recipe that exports; bad targets are
+refused before anything is written, and a failed write leaves nothing behind.
 
 Loading with transformers never downloads anything (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE)."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -17,22 +21,48 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file, save_model
 
-from gptui.core.config import apply_overrides, check, preset_config
+from gptui.core.config import Config, apply_overrides, check, config_from_dict, preset_config
 from gptui.core.errors import DamagedRun, GptuiError, InputError
-from gptui.core.export import GPT2_COMPATIBLE, export_run, gpt2_incompatible
+from gptui.core.export import CLASSES, export_run, hf_class_for, run_hf_class
+from gptui.core.export.classes import GPT2, LLAMA, NANOCHAT, QWEN3
 from gptui.core.generate import generate_text, load_model
-from gptui.core.runs import STATE, WEIGHTS, Run, RunStore
+from gptui.core.model import GPT, ModelConfig
+from gptui.core.runs import STATE, TOKENIZER, WEIGHTS, Run, RunStore
 from gptui.core.sampling import SamplingSettings
+from gptui.core.tokenizer import load_tokenizer
 from gptui.core.trainer import TrainJob
 from gptui.core.workspace import Workspace
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-PROMPT = "All: speak,\n First"  # 19 characters: with 12 new tokens, inside block_size 32
-NEW_TOKENS = 12
+PROMPT = "All: speak,\n First"  # 19 characters: with 50 new tokens, inside block_size 72
+NEW_TOKENS = 50
 EXPORT_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                 "tokenizer_config.json"}
+# the settings that shape the computation, and the values each can take
+RECIPE_CHOICES = {
+    "pos_embedding": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "qk_norm": (False, True),
+    "mlp": ("gelu", "relu2", "swiglu"), "tie_embeddings": (True, False), "logit_softcap": (0.0, 15.0),
+    "bias": (False, True), "embed_norm": (False, True),
+}
+ALL_RECIPES = [dict(zip(RECIPE_CHOICES, values, strict=True)) for values in itertools.product(*RECIPE_CHOICES.values())]
+
+
+def exportable(recipe: dict) -> bool:
+    try:
+        hf_class_for(dataclasses.replace(Config(), **recipe))
+    except InputError:
+        return False
+    return True
+
+
+EXPORTABLE = [r for r in ALL_RECIPES if exportable(r)]
+REFUSED = [r for r in ALL_RECIPES if not exportable(r)]
+
+
+def recipe_id(recipe: dict) -> str:
+    return "-".join(f"{k}={v}" for k, v in recipe.items())
 
 
 @pytest.fixture(scope="module")
@@ -54,30 +84,51 @@ def bpe_run(tmp_path_factory, tiny_overrides, make_corpus_text) -> Run:
     return run
 
 
-def scrambled(run: Run) -> Run:
-    """Give every weight (gains and biases too) a large random nudge: a 20-step model writes one letter over and
-    over, which would make "the same greedy text" a weak check. The export must be exact for any weights."""
-    loaded = load_model(run, "cpu", "float32")
-    gen = torch.Generator().manual_seed(0)
+def nudge(model: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> None:
+    """Give every weight (gains and biases too) a large random nudge: a briefly trained model writes one letter
+    over and over, which would make "the same greedy text" a weak check. The export must be exact for any weights."""
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in loaded.model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.3)
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
+
+
+def scrambled(run: Run) -> Run:
+    loaded = load_model(run, "cpu", "float32")
+    nudge(loaded.model)
     save_model(loaded.model, str(run.file(WEIGHTS)))
     return run
 
 
-def copy_of(run: Run, workspace: Workspace) -> Run:
-    import shutil
-
-    dest = workspace.models / run.id
+def copy_of(run: Run, workspace: Workspace, name: str | None = None) -> Run:
+    dest = workspace.models / (name or run.id)
     shutil.copytree(run.path, dest)
     return Run(dest)
 
 
-def assert_matches_transformers(run: Run, out, transformers) -> None:
+def with_recipe(template: Run, workspace: Workspace, recipe: dict, name: str, **shape) -> Run:
+    """A copy of `template` (its tokenizer) whose settings are `recipe` at a small shape, with random weights:
+    what a run trained with that recipe holds, without the training."""
+    run = copy_of(template, workspace, name)
+    saved = run.read_config()
+    settings = {**saved["settings"], "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 72, "mlp_ratio": 4,
+                **recipe, **shape}
+    saved["settings"] = settings
+    run.write_config(saved)
+    config = config_from_dict(settings)
+    torch.manual_seed(len(name))
+    model = GPT(ModelConfig.from_config(config, load_tokenizer(run.file(TOKENIZER)).vocab_size))
+    nudge(model, seed=len(name))
+    save_model(model, str(run.file(WEIGHTS)))
+    return run
+
+
+def assert_matches_transformers(run: Run, out, transformers, expected_class: str | None = None,
+                                new_tokens: int = NEW_TOKENS) -> None:
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
-    assert type(hf_model).__name__ == "GPT2LMHeadModel"
+    if expected_class:
+        assert type(hf_model).__name__ == expected_class
     loaded = load_model(run, "cpu", "float32")
 
     ids = loaded.tokenizer.encode(PROMPT)
@@ -91,22 +142,231 @@ def assert_matches_transformers(run: Run, out, transformers) -> None:
     assert theirs.dtype == torch.float32
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
 
-    settings = SamplingSettings(max_new_tokens=NEW_TOKENS, temperature=0.0, seed=0)
+    settings = SamplingSettings(max_new_tokens=new_tokens, temperature=0.0, seed=0)
     ours_text = generate_text(loaded, PROMPT, settings)
-    generated = hf_model.generate(x, do_sample=False, max_new_tokens=NEW_TOKENS)
-    theirs_text = hf_tok.decode(generated[0, len(ids):])
-    assert len(set(ours_text)) > 2, f"a degenerate continuation proves little: {ours_text!r}"
+    generated = hf_model.generate(x, do_sample=False, max_new_tokens=new_tokens)
+    theirs_text = hf_tok.decode(generated[0, len(ids):], skip_special_tokens=True)
     assert theirs_text == ours_text
+    assert len(set(ours_text)) > 1, f"one letter over and over proves little: {ours_text!r}"
+    # and the logits along the whole continuation, up to the last of its 50+ positions
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(generated).logits, loaded.model(generated, generated)[0],
+                                   atol=1e-4, rtol=0)
 
 
-# --- what transformers loads ------------------------------------------------------------------------------------
+# --- every recipe some class computes, against transformers ---------------------------------------------------
+
+
+def test_the_recipe_grid_has_exportable_and_refused_combinations():
+    by_class = {cls.name: sum(hf_class_for(dataclasses.replace(Config(), **r)) is cls for r in EXPORTABLE)
+                for cls in CLASSES}
+    # GPT-2: bias x tie; Qwen3: tie; Llama: bias x tie; NanoChat: relu2/gelu x tie x soft-cap
+    assert by_class == {"GPT2LMHeadModel": 4, "Qwen3ForCausalLM": 2, "LlamaForCausalLM": 4,
+                        "NanoChatForCausalLM": 8}
+    assert len(REFUSED) == len(ALL_RECIPES) - 18
+
+
+@pytest.mark.parametrize("recipe", EXPORTABLE, ids=recipe_id)
+def test_every_exportable_recipe_gives_our_logits_and_greedy_text(recipe, trained_run, workspace, tmp_path,
+                                                                 transformers):
+    run = with_recipe(trained_run, workspace, recipe, "recipe")
+    cls = hf_class_for(dataclasses.replace(Config(), **recipe))
+    out = export_run(run, tmp_path / "hf")
+    assert {p.name for p in out.iterdir()} == EXPORT_FILES
+    assert_matches_transformers(run, out, transformers, cls.name)
+    # tied stays tied (one matrix in the file) except for NanoChat, whose head takes the final norm's gain
+    tensors = load_file(str(out / "model.safetensors"))
+    assert ("lm_head.weight" not in tensors) == (recipe["tie_embeddings"] and cls is not NANOCHAT)
+
+
+@pytest.mark.parametrize("cls", [QWEN3, LLAMA, NANOCHAT], ids=lambda c: c.name)
+def test_a_bpe_run_exports_to_each_rotary_class(cls, bpe_run, workspace, tmp_path, transformers):
+    recipe = {name: values[0] for name, values in cls.needs.items()}
+    run = with_recipe(bpe_run, workspace, {**recipe, "tie_embeddings": False}, f"bpe-{cls.model_type}")
+    out = export_run(run, tmp_path / "hf")
+    assert_matches_transformers(run, out, transformers, cls.name)
+
+
+def test_the_qk_norm_scale_and_the_rotation_sign_are_needed(trained_run, workspace, tmp_path, transformers):
+    """Without the rows' scale (eps) or sign (rotation), Qwen3 would give other logits: the mapping's facts
+    are what the tests above check, not something any weights would pass."""
+    run = with_recipe(trained_run, workspace, {name: v[0] for name, v in QWEN3.needs.items()}, "qwen3")
+    out = export_run(run, tmp_path / "hf")
+    model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    loaded = load_model(run, "cpu", "float32")
+    x = torch.tensor([loaded.tokenizer.encode(PROMPT)])
+    with torch.no_grad():
+        ours = loaded.model(x, x)[0]
+        torch.testing.assert_close(model(x).logits, ours, atol=1e-4, rtol=0)
+        q = model.model.layers[0].self_attn.q_proj.weight
+        half = q.shape[0] // 4  # head size / 2 (two heads)
+        q[half:2 * half].neg_()  # undo the sign of head 0's second half
+        assert not torch.allclose(model(x).logits, ours, atol=1e-2)
+
+
+# --- presets ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-classic", "gpu", "lecture", "seed"])
+def test_every_preset_trains_exports_and_gives_our_logits_and_text(preset, tmp_path, make_corpus_text, transformers):
+    """Each preset's recipe, at a tiny shape, trained a few steps, then nudged (so the text is not one letter)."""
+    ws = Workspace(tmp_path / "ws").ensure()
+    (ws.inputs / "tiny.txt").write_text(make_corpus_text(), encoding="utf-8")
+    base = preset_config(preset)
+    shape = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 72, "batch_size": 2, "max_iters": 3,
+             "warmup_iters": 1, "eval_interval": 3, "eval_iters": 1, "sample_interval": 0, "max_minutes": 0.0,
+             "device": "cpu", "dtype": "float32", "vocab_size": min(base.vocab_size, 300)}
+    config = check(dataclasses.replace(base, **shape))
+    assert TrainJob(ws, "tiny", config, name=preset).run().status == "completed"
+    (run,) = RunStore(ws).runs()
+    cls = run_hf_class(run)
+    scrambled(run)
+    out = export_run(run, tmp_path / "hf")
+    assert_matches_transformers(run, out, transformers, cls.name)
+
+
+@pytest.mark.parametrize(("preset", "expected"), [("tiny", NANOCHAT), ("gpu", NANOCHAT), ("tiny-classic", GPT2),
+                                                  ("lecture", GPT2), ("seed", GPT2)])
+def test_each_preset_exports_to_the_class_the_readme_names(preset, expected):
+    assert hf_class_for(preset_config(preset)) is expected
+
+
+# --- refusals -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("recipe", REFUSED[::7], ids=recipe_id)
+def test_a_recipe_no_class_computes_is_refused_with_the_nearest_that_exports(recipe, run_copy, tmp_path):
+    config = run_copy.read_config()
+    config["settings"].update(recipe)
+    run_copy.write_config(config)
+    with pytest.raises(InputError) as caught:
+        export_run(run_copy, tmp_path / "out")
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"run {run_copy.id} cannot be exported: ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_refusal_names_the_settings_in_the_way_and_a_fix_that_exports():
+    for recipe in REFUSED:
+        config = dataclasses.replace(Config(), **recipe)
+        with pytest.raises(InputError) as caught:
+            hf_class_for(config)
+        message = str(caught.value)
+        have, need = message.split(" is in the way): the nearest that exports, ")
+        cls_name, fix = need.split(", needs ")
+        fixes = dict(item.split("=") for item in fix.split(", "))
+        for name, value in fixes.items():
+            shown = str(getattr(config, name)).lower() if isinstance(getattr(config, name), bool) else None
+            assert f"{name}=" in have and value != shown
+        changed = apply_overrides(config, fixes)
+        assert hf_class_for(changed).name == cls_name, message
+
+
+def test_the_refusal_reads_right():
+    """Today's tiny recipe without the embedding norm: one setting away from NanoChat, two from Qwen3."""
+    config = dataclasses.replace(preset_config("tiny"), embed_norm=False)
+    with pytest.raises(InputError) as caught:
+        hf_class_for(config)
+    assert str(caught.value) == ("no transformers class computes this recipe exactly (embed_norm=false is in the "
+                                 "way): the nearest that exports, NanoChatForCausalLM, needs embed_norm=true")
+    classic = dataclasses.replace(Config(), pos_embedding="rope")
+    with pytest.raises(InputError, match=r"\(pos_embedding=rope is in the way\): the nearest that exports, "
+                                         r"GPT2LMHeadModel, needs pos_embedding=learned$"):
+        hf_class_for(classic)
+
+
+def test_runs_older_than_a_setting_count_as_its_default(run_copy, tmp_path):
+    """A run whose config.json predates the recipe settings was trained with their defaults: GPT-2."""
+    config = run_copy.read_config()
+    for name in RECIPE_CHOICES:
+        config["settings"].pop(name, None)
+    run_copy.write_config(config)
+    assert run_hf_class(run_copy) is GPT2
+    assert {p.name for p in export_run(run_copy, tmp_path / "hf").iterdir()} == EXPORT_FILES
+
+
+def test_a_run_of_todays_tiny_recipe_without_embed_norm_is_refused(run_copy, tmp_path):
+    """A run trained with the tiny preset before embed_norm existed (ReLU², soft-cap, no embedding norm)."""
+    config = run_copy.read_config()
+    config["settings"].update(pos_embedding="rope", norm="rmsnorm", qk_norm=True, mlp="relu2",
+                              tie_embeddings=False, logit_softcap=15.0)
+    config["settings"].pop("embed_norm", None)
+    run_copy.write_config(config)
+    with pytest.raises(InputError, match="NanoChatForCausalLM, needs embed_norm=true$"):
+        export_run(run_copy, tmp_path / "out")
+
+
+# --- the end-of-text token ------------------------------------------------------------------------------------
+
+
+def bpe_with_end_of_text(bpe_json: str) -> str:
+    """The run's BPE tokenizer with `<|endoftext|>` added as a special token after the trained vocabulary."""
+    from tokenizers import AddedToken, Tokenizer
+
+    hf = Tokenizer.from_str(bpe_json)
+    hf.add_special_tokens([AddedToken("<|endoftext|>", special=True, normalized=False)])
+    return hf.to_str()
+
+
+def test_a_bpe_end_of_text_token_is_the_eos_and_generation_stops_there(bpe_run, workspace, tmp_path,
+                                                                       transformers):
+    run = copy_of(bpe_run, workspace, "eot")
+    text = bpe_with_end_of_text(run.file(TOKENIZER).read_text(encoding="utf-8"))
+    run.file(TOKENIZER).write_text(text, encoding="utf-8")
+    eot = json.loads(text)["added_tokens"][-1]["id"]
+    run = with_recipe(copy_of(run, workspace, "eot-src"), workspace,
+                      {name: v[0] for name, v in QWEN3.needs.items()}, "eot-qwen3", tie_embeddings=False)
+    assert load_tokenizer(run.file(TOKENIZER)).vocab_size == eot + 1
+    out = export_run(run, tmp_path / "hf")
+    assert json.loads((out / "config.json").read_text())["eos_token_id"] == eot
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == eot
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert hf_tok.eos_token == "<|endoftext|>" and hf_tok.eos_token_id == eot
+    assert eot not in hf_tok("a <|endoftext|> b")["input_ids"]  # the text is text, as ours encodes it
+    assert hf_tok.decode([*hf_tok("All")["input_ids"], eot], skip_special_tokens=True) == "All"
+
+    # make the end-of-text token the likeliest after the third new token: transformers stops there
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    x = torch.tensor([hf_tok(PROMPT)["input_ids"]])
+    free = hf_model.generate(x, do_sample=False, max_new_tokens=3)
+    with torch.no_grad():
+        hf_model.lm_head.weight[eot] = hf_model.model.norm(hf_model.model(free).last_hidden_state)[0, -1] * 100
+    stopped = hf_model.generate(x, do_sample=False, max_new_tokens=20)
+    assert stopped.shape[1] <= free.shape[1] + 1 and stopped[0, -1].item() == eot
+
+
+def test_a_char_tokenizer_with_an_end_of_text_id_exports_it_as_a_special_token(transformers, tmp_path):
+    from gptui.core.export import end_of_text_id, hf_tokenizer_json
+
+    chars = list(" \nabc:")
+    text = json.dumps({"type": "gptui-char", "version": 2, "chars": chars, "eot": True})
+    assert end_of_text_id(text) == len(chars)
+    (tmp_path / "tokenizer.json").write_text(hf_tokenizer_json(text), encoding="utf-8")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>",
+         "clean_up_tokenization_spaces": False}), encoding="utf-8")
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert tok.eos_token_id == len(chars)
+    assert tok("ab c\n")["input_ids"] == [2, 3, 0, 4, 1]
+    assert tok.decode([2, len(chars), 3], skip_special_tokens=True) == "ab"
+    assert end_of_text_id(json.dumps({"type": "gptui-char", "version": 1, "chars": chars})) is None
+
+
+def test_a_tokenizer_without_an_end_of_text_token_exports_no_eos(trained_run, tmp_path):
+    out = export_run(trained_run, tmp_path / "hf")
+    assert json.loads((out / "config.json").read_text())["eos_token_id"] is None
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] is None
+    assert json.loads((out / "tokenizer_config.json").read_text())["eos_token"] is None
+
+
+# --- what transformers loads: the trained runs ----------------------------------------------------------------
 
 
 def test_a_char_run_loads_in_transformers_with_our_logits_and_text(run_copy, tmp_path, transformers):
     run = scrambled(run_copy)
     out = export_run(run, tmp_path / "hf")
     assert {p.name for p in out.iterdir()} == EXPORT_FILES
-    assert_matches_transformers(run, out, transformers)
+    assert_matches_transformers(run, out, transformers, "GPT2LMHeadModel", new_tokens=12)
 
 
 def test_a_bpe_run_with_biases_and_an_untied_head_loads_with_our_logits_and_text(bpe_run, workspace, tmp_path,
@@ -114,7 +374,7 @@ def test_a_bpe_run_with_biases_and_an_untied_head_loads_with_our_logits_and_text
     run = scrambled(copy_of(bpe_run, workspace))
     out = export_run(run, tmp_path / "hf")
     assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
-    assert_matches_transformers(run, out, transformers)
+    assert_matches_transformers(run, out, transformers, "GPT2LMHeadModel", new_tokens=12)
 
 
 def test_the_weights_as_training_saved_them_give_the_same_logits(trained_run, tmp_path, transformers):
@@ -184,6 +444,19 @@ def test_the_folder_holds_gpt2s_layout_and_settings(trained_run, tmp_path):
     assert set(theirs) == expected
 
 
+def test_the_rotary_configs_name_rope_and_eps_as_llama_cpp_and_transformers_read_them(trained_run, workspace,
+                                                                                       tmp_path):
+    for cls in (QWEN3, LLAMA):
+        run = with_recipe(trained_run, workspace, {n: v[0] for n, v in cls.needs.items()}, cls.model_type)
+        config = json.loads((export_run(run, tmp_path / cls.model_type) / "config.json").read_text())
+        assert config["architectures"] == [cls.name]
+        assert config["rope_theta"] == 10000.0
+        assert config["rope_parameters"] == {"rope_type": "default", "rope_theta": 10000.0}
+        assert config["rms_norm_eps"] == 1e-5 and config["hidden_act"] == "silu"
+        assert config["head_dim"] == 16 and config["num_key_value_heads"] == config["num_attention_heads"] == 2
+        assert config["intermediate_size"] == 88  # SwiGLU: 2/3 of 4 x 32, rounded up to 8
+
+
 def test_an_empty_existing_folder_is_filled(trained_run, tmp_path):
     out = tmp_path / "empty"
     out.mkdir()
@@ -229,52 +502,7 @@ def test_a_run_without_weights_is_refused(run_copy, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-RECIPE_VALUES = {"pos_embedding": "rope", "norm": "rmsnorm", "qk_norm": True, "mlp": "swiglu",
-                 "logit_softcap": 30.0}
-
-
-@pytest.mark.parametrize("name", sorted(GPT2_COMPATIBLE))
-def test_a_setting_gpt2_cannot_express_is_refused_by_name(small_workspace, small_config, tmp_path, name):
-    # trained with it: a config.json edited to say so would no longer fit the weights (a damaged run)
-    config = dataclasses.replace(small_config, **{name: RECIPE_VALUES[name]}, max_iters=4, eval_interval=4)
-    run_id = TrainJob(small_workspace, "tiny", check(config)).run().run_id
-    run_copy = RunStore(small_workspace).resolve(run_id)
-    shown = str(RECIPE_VALUES[name]).lower() if isinstance(RECIPE_VALUES[name], bool) else RECIPE_VALUES[name]
-    with pytest.raises(InputError, match=f"cannot express: {name}={shown} ") as caught:
-        export_run(run_copy, tmp_path / "out")
-    assert "\n" not in str(caught.value)
-    assert not (tmp_path / "out").exists()
-
-
-def test_a_run_with_every_modern_option_is_refused_naming_them_all(small_workspace, small_config, tmp_path):
-    config = dataclasses.replace(small_config, **RECIPE_VALUES, tie_embeddings=False)
-    assert TrainJob(small_workspace, "tiny", check(config), name="modern").run().status == "completed"
-    (run,) = RunStore(small_workspace).runs()
-    with pytest.raises(InputError) as caught:
-        export_run(run, tmp_path / "out")
-    message = str(caught.value)
-    for fragment in ("pos_embedding=rope", "norm=rmsnorm", "qk_norm=true", "mlp=swiglu", "logit_softcap=30.0"):
-        assert fragment in message
-    assert "tie_embeddings" not in message  # GPT2LMHeadModel has an untied head
-    assert not (tmp_path / "out").exists()
-
-
-def test_runs_older_than_a_setting_count_as_its_gpt2_value():
-    assert gpt2_incompatible({}) == []
-    assert gpt2_incompatible({"norm": "layernorm", "qk_norm": False, "logit_softcap": 0.0, "mlp": "gelu",
-                              "pos_embedding": "learned", "tie_embeddings": False}) == []
-    assert gpt2_incompatible({"logit_softcap": 15, "qk_norm": True}) == ["qk_norm=true", "logit_softcap=15"]
-
-
-def test_an_old_run_without_the_new_settings_exports(run_copy, tmp_path):
-    config = run_copy.read_config()
-    for name in (*GPT2_COMPATIBLE, "tie_embeddings"):
-        config["settings"].pop(name, None)
-    run_copy.write_config(config)
-    assert {p.name for p in export_run(run_copy, tmp_path / "hf").iterdir()} == EXPORT_FILES
-
-
-def test_weights_gpt2_has_no_place_for_are_refused(run_copy, tmp_path):
+def test_weights_the_class_has_no_place_for_are_refused(run_copy, tmp_path):
     weights = load_file(str(run_copy.file(WEIGHTS)))
     weights["transformer.h.0.attn.q_norm.weight"] = torch.ones(16)
     save_file(weights, str(run_copy.file(WEIGHTS)))

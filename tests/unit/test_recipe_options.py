@@ -38,8 +38,12 @@ OPTIONS = [
     {"pos_embedding": "rope", "norm": "rmsnorm", "qk_norm": True, "mlp": "swiglu", "tie_embeddings": False,
      "logit_softcap": 30.0},
     {"pos_embedding": "rope", "norm": "rmsnorm", "mlp": "relu2", "bias": True, "mlp_ratio": 3},
+    {"embed_norm": True},
+    {"pos_embedding": "rope", "norm": "rmsnorm", "qk_norm": True, "mlp": "relu2", "tie_embeddings": False,
+     "logit_softcap": 15.0, "embed_norm": True},
 ]
-IDS = ["defaults", "rope", "rmsnorm", "qk_norm", "relu2", "swiglu", "untied", "softcap", "all", "rope-bias"]
+IDS = ["defaults", "rope", "rmsnorm", "qk_norm", "relu2", "swiglu", "untied", "softcap", "all", "rope-bias",
+       "embed_norm", "nanochat"]
 
 
 def config_with(options: dict, **more):
@@ -120,6 +124,19 @@ def test_softcap_bounds_the_logits():
             model.lm_head.weight.mul_(1000)
             logits = model(x, x)[0]
         assert (logits.abs().max() <= 2.0) == bounded
+
+
+def test_embed_norm_gives_the_first_block_unit_rms_token_embeddings_and_adds_no_weight():
+    plain, normed = config_with({}, pos_embedding="rope"), config_with({"embed_norm": True}, pos_embedding="rope")
+    model = model_for(normed)
+    assert model.num_params() == model_for(plain).num_params() == estimate_params(normed, 50)
+    seen = []
+    model.transformer.h[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(7.0)  # far from unit RMS
+        model(torch.randint(0, 50, (2, 16)))
+    rms = seen[0].pow(2).mean(-1).sqrt()
+    torch.testing.assert_close(rms, torch.ones_like(rms), atol=1e-3, rtol=0)
 
 
 def test_untied_head_is_its_own_weight():

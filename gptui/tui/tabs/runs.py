@@ -21,7 +21,7 @@ from textual.widgets import Button, DataTable, RichLog, Static, TabbedContent, T
 
 from gptui.core.config import config_to_dict
 from gptui.core.errors import GptuiError
-from gptui.core.export import export_run, export_target_problem
+from gptui.core.export import export_run, export_target_problem, run_hf_class
 from gptui.core.finetune import fine_tune_source
 from gptui.core.runs import Run, RunInfo, RunStore, resume_mends
 from gptui.core.workspace import Workspace
@@ -87,9 +87,9 @@ class RunsTab(Vertical):
             self.run_id, self.corpus, self.settings = run_id, corpus, settings
 
     class _Exported(Message):
-        def __init__(self, run_id: str, path: Path | None, error: str | None = None) -> None:
+        def __init__(self, run_id: str, path: Path | None, error: str | None = None, hf_class: str = "") -> None:
             super().__init__()
-            self.run_id, self.path, self.error = run_id, path, error
+            self.run_id, self.path, self.error, self.hf_class = run_id, path, error, hf_class
 
     class Listed(Message):
         """A fresh listing of models/ (the Generate tab uses it for its run picker)."""
@@ -399,7 +399,9 @@ class RunsTab(Vertical):
     def _export(self, run_id: str, path: Path) -> None:
         # a thread: the export loads torch and reads the weights
         try:
-            written = export_run(self.store.resolve(run_id), path, "hf")
+            run = self.store.resolve(run_id)
+            written = export_run(run, path, "hf")
+            hf_class = run_hf_class(run).name
         except GptuiError as exc:
             self.post_message(self._Exported(run_id, None, str(exc)))
         except OSError as exc:
@@ -408,14 +410,15 @@ class RunsTab(Vertical):
         except Exception as exc:  # never a traceback on screen
             self.post_message(self._Exported(run_id, None, f"{type(exc).__name__}: {exc}"))
         else:
-            self.post_message(self._Exported(run_id, written))
+            self.post_message(self._Exported(run_id, written, hf_class=hf_class))
 
     @on(_Exported)
     def _exported(self, message: _Exported) -> None:
         if message.error is not None:
             self.notify(message.error, severity="error", title="Cannot export")
         else:
-            self.notify(f"Exported {message.run_id} to {message.path}", title="Export", timeout=8)
+            self.notify(f"Exported {message.run_id} to {message.path} ({message.hf_class})", title="Export",
+                        timeout=8)
 
     def action_rename(self) -> None:
         info = self._current_or_warn()
