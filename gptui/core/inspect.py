@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from gptui.core.errors import InputError
 from gptui.core.generate import Decoder, LoadedModel
 from gptui.core.model import GPT, apply_rotary
-from gptui.core.tokenizer import Tokenizer, token_spans
+from gptui.core.tokenizer import EOT, Tokenizer, token_spans
 
 DEFAULT_TOP = 5
 MAX_TOP = 100
@@ -86,7 +86,10 @@ class Attention:
 
 
 def token_text(tokenizer: Tokenizer, token_id: int) -> str:
-    """A token as text; bytes that are part of a character split across tokens show as U+FFFD."""
+    """A token as text; bytes that are part of a character split across tokens show as U+FFFD, and the
+    end-of-text token (no bytes of text) by its name."""
+    if token_id == tokenizer.eot_id:
+        return EOT
     return tokenizer.token_bytes[token_id].decode("utf-8", errors="replace")
 
 

@@ -367,7 +367,8 @@ def test_sigint_before_the_first_evaluation_leaves_weights_to_talk_to(tmp_path, 
     assert [e["step"] for e in evals] == [summary["steps"]]
     talk = gptui(tmp_path, "generate", "--prompt", "First", "--max-new-tokens", "10", "--seed", "1")
     assert talk.returncode == 0, talk.stderr
-    assert talk.stdout.startswith("First") and len(talk.stdout.rstrip("\n")) == len("First") + 10
+    # at most 10 tokens: a barely trained model may end its text early with the end-of-text token
+    assert talk.stdout.startswith("First") and len("First") <= len(talk.stdout.rstrip("\n")) <= len("First") + 10
 
 
 @pytest.mark.slow

@@ -23,7 +23,8 @@ def script(monkeypatch, loaded, *rows: str | list[int]):
     tok = loaded.tokenizer
     ids = [[tok.eot_id if i is None else i for i in r] if isinstance(r, list) else tok.encode(r) for r in rows]
     steps = iter(zip(*ids, strict=True))
-    monkeypatch.setattr(generate, "_pick", lambda *a, **k: torch.tensor(next(steps)))
+    # _pick gives the tokens and whether the logits they were drawn from were finite
+    monkeypatch.setattr(generate, "_pick", lambda *a, **k: (torch.tensor(next(steps)), torch.tensor(True)))
 
 
 def test_a_new_run_has_an_end_of_text_id_after_its_characters(loaded, trained_run):

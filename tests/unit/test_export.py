@@ -352,8 +352,13 @@ def test_a_char_tokenizer_with_an_end_of_text_id_exports_it_as_a_special_token(t
     assert end_of_text_id(json.dumps({"type": "gptui-char", "version": 1, "chars": chars})) is None
 
 
-def test_a_tokenizer_without_an_end_of_text_token_exports_no_eos(trained_run, tmp_path):
-    out = export_run(trained_run, tmp_path / "hf")
+def test_a_tokenizer_without_an_end_of_text_token_exports_no_eos(run_copy, tmp_path):
+    # a run trained before the end-of-text token existed: the same vocabulary size, every id a character
+    saved = json.loads(run_copy.file(TOKENIZER).read_text(encoding="utf-8"))
+    assert saved["type"] == "gptui-char" and saved["eot"]
+    old = {"type": "gptui-char", "chars": [*saved["chars"], "\x00"]}
+    run_copy.file(TOKENIZER).write_text(json.dumps(old), encoding="utf-8")
+    out = export_run(run_copy, tmp_path / "hf")
     assert json.loads((out / "config.json").read_text())["eos_token_id"] is None
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] is None
     assert json.loads((out / "tokenizer_config.json").read_text())["eos_token"] is None
@@ -424,7 +429,8 @@ def test_the_folder_holds_gpt2s_layout_and_settings(trained_run, tmp_path):
     assert config["layer_norm_epsilon"] == 1e-5
     assert config["scale_attn_by_inverse_layer_idx"] is False and config["reorder_and_upcast_attn"] is False
     assert config["tie_word_embeddings"] is True
-    assert config["bos_token_id"] is None and config["eos_token_id"] is None
+    # the trained run's char tokenizer has the end-of-text id, after its characters
+    assert config["bos_token_id"] is None and config["eos_token_id"] == config["vocab_size"] - 1
     tok_config = json.loads((out / "tokenizer_config.json").read_text())
     assert tok_config["tokenizer_class"] == "PreTrainedTokenizerFast"
     assert tok_config["clean_up_tokenization_spaces"] is False

@@ -13,6 +13,7 @@ from gptui.core import inspect
 from gptui.core.errors import InputError
 from gptui.core.generate import load_model
 from gptui.core.runs import Run
+from gptui.core.tokenizer import EOT
 from tests.conftest import corpus_text
 from tests.model_runs import write_model_run
 
@@ -70,7 +71,8 @@ def test_probabilities_are_the_softmax_of_the_models_logits(which, request) -> N
         alternatives = [p for _, p in score.top]
         assert alternatives == sorted(alternatives, reverse=True) and len(alternatives) == 7
         best = dist.topk(7)
-        assert [loaded.tokenizer.encode(s)[0] for s, _ in score.top] == best.indices.tolist()
+        tok = loaded.tokenizer  # the end-of-text token is shown by its name, which encodes as text
+        assert [tok.eot_id if s == EOT else tok.encode(s)[0] for s, _ in score.top] == best.indices.tolist()
         assert alternatives == pytest.approx(best.values.tolist(), abs=1e-6)
         if score.rank == 1:
             assert score.top[0][0] == score.token
@@ -284,3 +286,11 @@ def test_a_reply_is_scored_from_the_logits_it_was_sampled_from(classic) -> None:
     assert "".join(fallback[0]) == cut
     expected = inspect.score_text(classic.model, classic.tokenizer, "All" + cut).tokens[3:]
     assert [s.p for s in fallback[1]] == pytest.approx([s.p for s in expected], abs=1e-6)
+
+
+def test_the_end_of_text_token_is_shown_by_its_name_not_as_an_empty_string() -> None:
+    from gptui.core.inspect import token_text
+    from gptui.core.tokenizer import EOT, CharTokenizer
+
+    tokenizer = CharTokenizer(["a", "b"], eot=True)
+    assert [token_text(tokenizer, i) for i in range(3)] == ["a", "b", EOT]

@@ -76,24 +76,23 @@ def run_hf_class(run: Run) -> HfClass:
 
 
 def _read_run(run: Run):
-    require_sound(run)
-    try:
-        settings = run.read_config()["settings"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DamagedRun(f"run {run.id} could not be read: {str(exc).splitlines()[0][:200]}") from None
+    """The run's settings and the class they export as. A recipe no class computes is refused from the settings
+    alone; then the run's files are checked as every command checks them (a damaged run: DamagedRun)."""
     from gptui.core.config import ConfigError, config_from_dict
 
     try:
         # a setting missing from an old run's config.json takes its default: what the run was trained with
-        config = config_from_dict(settings)
-    except ConfigError as exc:
-        raise DamagedRun(f"run {run.id} has invalid settings in {CONFIG}: {exc}") from None
-    except (TypeError, AttributeError):
-        raise DamagedRun(f"run {run.id} has malformed settings in {CONFIG}") from None
+        config = config_from_dict(run.read_config()["settings"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ConfigError) as exc:
+        require_sound(run)  # names the damage in the words every command uses
+        raise DamagedRun(f"run {run.id} has unreadable settings in {CONFIG}: {str(exc).splitlines()[0][:200]}") \
+            from None
     try:
-        return config, hf_class_for(config)
+        cls = hf_class_for(config)
     except InputError as exc:
         raise InputError(f"run {run.id} cannot be exported: {exc}") from None
+    require_sound(run)
+    return config, cls
 
 
 def _load_weights(run: Run) -> dict[str, Any]:
