@@ -76,23 +76,26 @@ def run_hf_class(run: Run) -> HfClass:
 
 
 def _read_run(run: Run):
-    """The run's settings and the class they export as. A recipe no class computes is refused from the settings
-    alone; then the run's files are checked as every command checks them (a damaged run: DamagedRun)."""
+    """The run's settings and the class they export as. The run's files are checked first, as every command
+    checks them (a damaged run: DamagedRun, exit 1); then a recipe no class computes is refused (InputError)."""
     from gptui.core.config import ConfigError, config_from_dict
 
+    require_sound(run)
     try:
         # a setting missing from an old run's config.json takes its default: what the run was trained with
         config = config_from_dict(run.read_config()["settings"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ConfigError) as exc:
-        require_sound(run)  # names the damage in the words every command uses
         raise DamagedRun(f"run {run.id} has unreadable settings in {CONFIG}: {str(exc).splitlines()[0][:200]}") \
             from None
+    return config, refuse_unexportable(run.id, config)
+
+
+def refuse_unexportable(run_id: str, config) -> HfClass:
+    """The class `config` exports as, or InputError naming the settings in the way and the nearest recipe."""
     try:
-        cls = hf_class_for(config)
+        return hf_class_for(config)
     except InputError as exc:
-        raise InputError(f"run {run.id} cannot be exported: {exc}") from None
-    require_sound(run)
-    return config, cls
+        raise InputError(f"run {run_id} cannot be exported: {exc}") from None
 
 
 def _load_weights(run: Run) -> dict[str, Any]:
