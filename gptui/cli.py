@@ -528,19 +528,23 @@ def _hms(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def _text_or_file(text: str | None, path: str | None, what: str) -> str | None:
+    """The text given on the command line, or the UTF-8 contents of the file named instead (one-line error)."""
+    if not path:
+        return text
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
 def cmd_generate(args, workspace) -> int:
     from gptui.core.runs import RunStore
     from gptui.core.sampling import check_num_samples
 
     check_num_samples(args.num_samples)
     store = RunStore(workspace)
-    if args.prompt_file:
-        try:
-            prompt = Path(args.prompt_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"cannot read prompt file {args.prompt_file}: {getattr(exc, 'strerror', None) or exc}") from None
-    else:
-        prompt = args.prompt
+    prompt = _text_or_file(args.prompt, args.prompt_file, "prompt file")
     try:
         prompt.encode("utf-8")
     except UnicodeEncodeError:
@@ -694,7 +698,7 @@ def cmd_settings(args, workspace) -> int:
 
 
 def cmd_export(args, workspace) -> int:
-    from gptui.core.export import FORMATS, export_run, run_hf_class
+    from gptui.core.export import FORMATS, export_run, exported_class
     from gptui.core.runs import RunStore
 
     if args.format not in FORMATS:
@@ -703,20 +707,14 @@ def cmd_export(args, workspace) -> int:
         raise InputError("--out needs a folder")
     run = RunStore(workspace).resolve(args.run)
     path = export_run(run, Path(args.out), args.format)
-    print(f"exported run {run.id} to {path}: {FORMATS[args.format]} ({run_hf_class(run).name})")
+    print(f"exported run {run.id} to {path}: {FORMATS[args.format]} ({exported_class(path)})")
     return 0
 
 
 def cmd_inspect(args, workspace) -> int:
     from gptui.core.runs import RunStore
 
-    if args.text_file:
-        try:
-            text = Path(args.text_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"cannot read text file {args.text_file}: {getattr(exc, 'strerror', None) or exc}") from None
-    else:
-        text = args.text
+    text = _text_or_file(args.text, args.text_file, "text file")
     if not text:
         raise InputError("the text is empty: give some text to inspect")
     run = RunStore(workspace).resolve(args.run)

@@ -23,7 +23,7 @@ from gptui.core.runs import CONFIG, TOKENIZER, WEIGHTS, Run, require_sound
 from gptui.core.tokenizer import CHAR_FORMAT
 
 __all__ = ["CLASSES", "FORMATS", "HfClass", "export_run", "export_target_problem", "hf_class_for",
-           "hf_tokenizer_json", "run_hf_class"]
+           "hf_tokenizer_json", "run_hf_class", "exported_class"]
 
 FORMATS = {"hf": "Hugging Face transformers folder"}
 
@@ -68,6 +68,11 @@ def export_run(run: Run, out: Path, format: str = "hf") -> Path:
         HF_TOKENIZER_CONFIG: _json(tokenizer_config(config, eos_id is not None)),
     }
     return _write_folder(out, files, tensors)
+
+
+def exported_class(folder: Path) -> str:
+    """The transformers class an export folder holds, read from its config.json (what export_run wrote)."""
+    return json.loads((Path(folder) / HF_CONFIG).read_text(encoding="utf-8"))["architectures"][0]
 
 
 def run_hf_class(run: Run) -> HfClass:

@@ -21,7 +21,7 @@ from textual.widgets import Button, DataTable, RichLog, Static, TabbedContent, T
 
 from gptui.core.config import config_to_dict
 from gptui.core.errors import GptuiError
-from gptui.core.export import export_run, export_target_problem, run_hf_class
+from gptui.core.export import export_run, export_target_problem, exported_class
 from gptui.core.finetune import fine_tune_source
 from gptui.core.runs import Run, RunInfo, RunStore, resume_mends
 from gptui.core.workspace import Workspace
@@ -401,7 +401,7 @@ class RunsTab(Vertical):
         try:
             run = self.store.resolve(run_id)
             written = export_run(run, path, "hf")
-            hf_class = run_hf_class(run).name
+            hf_class = exported_class(written)
         except GptuiError as exc:
             self.post_message(self._Exported(run_id, None, str(exc)))
         except OSError as exc:
