@@ -106,7 +106,7 @@ def _has_parquet(folder: Path) -> bool:
     return False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileEntry:
     full: str  # the file's path (a str: a folder of many small files pays for every Path made)
     rel: str  # path relative to the corpus folder, with "/" separators (the file's own name for a file)
@@ -120,16 +120,20 @@ class FileEntry:
 
 @dataclass
 class Scan:
-    """What one streaming pass over a corpus found: its digest and the files its documents come from."""
+    """What one streaming pass over a corpus found: its digest and which files its documents come from.
+
+    A folder's files are not kept (a folder of a million files would hold them all in memory): its documents
+    pass walks it again, in the same order, and tells text from binary files by the same rules."""
 
     digest: str
     bytes: int  # bytes on disk of every file read
-    files: list[FileEntry]  # every file of the corpus, as stat()ed before reading
-    text_files: list[FileEntry]  # those the documents come from (a folder's binary files left out)
+    listing: str  # a digest of every file's relative path, size and modification time (see check_unchanged)
+    text_files: list[FileEntry] | None  # the files the documents come from; None for a folder (walked again)
     binary_files: int = 0
     bad_utf8_files: int = 0  # files (or the one file) read with bad bytes replaced
     documents: int | None = None  # known before the documents pass for some kinds (None: not yet)
     seconds: float = 0.0
+    text_file_count: int = 0  # files the documents come from
 
 
 @dataclass
@@ -180,48 +184,66 @@ class Corpus:
     # --- files -----------------------------------------------------------------------------------------------
 
     def files(self) -> list[FileEntry]:
+        """The corpus's files in sorted path order, as a list (see `iter_files`)."""
+        return list(self.iter_files())
+
+    def iter_files(self) -> Iterator[FileEntry]:
         """The corpus's files in sorted path order (of a folder: every file under it, hidden ones and links out
-        of it left out; of Parquet shards: the .parquet files)."""
+        of it left out; of Parquet shards: the .parquet files), one folder's listing in memory at a time."""
         if self.kind not in ("folder", "parquet-shards"):
             try:
                 st = self.path.stat()
             except OSError as exc:
                 raise CorpusError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
-            return [FileEntry(str(self.path), self.path.name, st.st_size, st.st_mtime_ns)]
+            yield FileEntry(str(self.path), self.path.name, st.st_size, st.st_mtime_ns)
+            return
         root = os.path.realpath(self.path)
-        found: list[FileEntry] = []
-        pending = [(root, "")]
-        while pending:  # os.scandir: one system call per folder, the file types without a stat each
-            folder, prefix = pending.pop()
-            try:
-                entries = list(os.scandir(folder))
-            except OSError as exc:
-                raise CorpusError(f"{folder}: cannot read ({exc.strerror or exc})") from None
-            for entry in entries:
-                name = entry.name
-                if name.startswith("."):  # .git, .cache, editors' swap files
-                    continue
-                rel = prefix + name
-                try:
-                    if entry.is_symlink():
-                        target = os.path.realpath(entry.path)
-                        if not target.startswith(root + os.sep) or not os.path.isfile(target):
-                            continue  # links are not followed out of the folder, nor into folders
-                    elif entry.is_dir():
-                        pending.append((entry.path, rel + "/"))
-                        continue
-                    if self.kind == "parquet-shards" and not name.lower().endswith(".parquet"):
-                        continue
-                    st = entry.stat()
-                except OSError as exc:
-                    raise CorpusError(f"{entry.path}: cannot read ({exc.strerror or exc})") from None
-                if stat.S_ISREG(st.st_mode):
-                    found.append(FileEntry(entry.path, rel, st.st_size, st.st_mtime_ns))
-        found.sort(key=lambda e: e.rel.encode("utf-8", "surrogateescape"))
+        found = False
+        for entry in self._walk(root, root, ""):
+            found = True
+            yield entry
         if not found:
             what = "no Parquet file" if self.kind == "parquet-shards" else "no file"
             raise CorpusError(f"{self.label} is empty ({what} in it)")
-        return found
+
+    def _walk(self, root: str, folder: str, prefix: str) -> Iterator[FileEntry]:
+        """The files under `folder` in the order of their relative paths' UTF-8 bytes: a folder's entries are
+        sorted by name, a subfolder's name with "/" after it, which is the order of the full paths."""
+        try:
+            entries = list(os.scandir(folder))  # one system call per folder, the file types without a stat each
+        except OSError as exc:
+            raise CorpusError(f"{folder}: cannot read ({exc.strerror or exc})") from None
+        keyed: list[tuple[bytes, os.DirEntry, bool]] = []
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):  # .git, .cache, editors' swap files
+                continue
+            try:
+                if entry.is_symlink():
+                    target = os.path.realpath(entry.path)
+                    if not target.startswith(root + os.sep) or not os.path.isfile(target):
+                        continue  # links are not followed out of the folder, nor into folders
+                    is_dir = False
+                else:
+                    is_dir = entry.is_dir()
+            except OSError as exc:
+                raise CorpusError(f"{entry.path}: cannot read ({exc.strerror or exc})") from None
+            keyed.append(((name + "/" if is_dir else name).encode("utf-8", "surrogateescape"), entry, is_dir))
+        keyed.sort(key=lambda k: k[0])
+        del entries
+        for _, entry, is_dir in keyed:
+            rel = prefix + entry.name
+            if is_dir:
+                yield from self._walk(root, entry.path, rel + "/")
+                continue
+            if self.kind == "parquet-shards" and not entry.name.lower().endswith(".parquet"):
+                continue
+            try:
+                st = entry.stat()
+            except OSError as exc:
+                raise CorpusError(f"{entry.path}: cannot read ({exc.strerror or exc})") from None
+            if stat.S_ISREG(st.st_mode):
+                yield FileEntry(entry.path, rel, st.st_size, st.st_mtime_ns)
 
     # --- the scan: digest, text files, checks --------------------------------------------------------------
 
@@ -233,17 +255,18 @@ class Corpus:
         and runs still match); every other kind's covers its kind and text field, and a folder's each file's
         relative path, size and content in sorted order."""
         t0 = time.perf_counter()
-        files = self.files()
-        total = sum(e.size for e in files)
-        h = hashlib.sha256()
+        total = sum(e.size for e in self.iter_files())  # a walk of stats only, for the progress's ETA
+        h, listing = hashlib.sha256(), hashlib.sha256()
         if self.kind != "txt":
             h.update(f"gptui-corpus\0{self.kind}\0{self.text_field}\0".encode())
         meter = ByteMeter(progress, "hashing", total)
+        keep = self.kind != "folder"  # a folder's text files are found again by its documents pass
         text_files: list[FileEntry] = []
-        binary = bad_utf8 = 0
+        text_count = binary = bad_utf8 = 0
         check_text = self.kind in ("txt", "folder")
         count_lines, lines = self.kind == "jsonl", 0
-        for entry in files:
+        for entry in self.iter_files():
+            listing.update(_listed(entry))
             if self.kind in ("folder", "parquet-shards"):
                 rel = entry.rel.encode("utf-8", "surrogateescape")
                 h.update(len(rel).to_bytes(8, "big") + rel + entry.size.to_bytes(8, "big"))
@@ -279,7 +302,9 @@ class Corpus:
                     continue
                 elif checker.bad_at is not None:
                     bad_utf8 += 1
-            text_files.append(entry)
+            text_count += 1
+            if keep:
+                text_files.append(entry)
         meter.done()
         if bad_utf8 and self.kind == "folder":  # with --replace-errors those files are documents: another corpus
             h.update(b"\0replaced-bad-utf8")
@@ -289,22 +314,24 @@ class Corpus:
         if self.kind == "txt":
             documents = 1
         elif self.kind == "folder":
-            if not text_files:
+            if not text_count:
                 raise CorpusError(f"{self.label} has no text file ({binary} binary file"
                                   f"{'s' if binary != 1 else ''} skipped)")
-            documents = len(text_files)
+            documents = text_count
         elif self.kind in ("parquet", "parquet-shards"):
             documents = sum(_parquet_rows(e.path, self.text_field) for e in text_files)
-        return Scan(h.hexdigest(), total, files, text_files, binary, bad_utf8, documents,
-                    time.perf_counter() - t0)
+        return Scan(h.hexdigest(), total, listing.hexdigest(), text_files if keep else None, binary, bad_utf8,
+                    documents, time.perf_counter() - t0, text_count)
 
     def check_unchanged(self, scan: Scan) -> None:
         """Refuse a corpus that changed since `scan` (a file added, removed, resized or rewritten)."""
+        listing = hashlib.sha256()
         try:
-            now = self.files()
+            for entry in self.iter_files():
+                listing.update(_listed(entry))
         except CorpusError:
-            now = []
-        if [(e.rel, e.size, e.mtime_ns) for e in now] != [(e.rel, e.size, e.mtime_ns) for e in scan.files]:
+            listing.update(b"gone")
+        if listing.hexdigest() != scan.listing:
             raise CorpusChanged(f"{self.label} changed while it was prepared; prepare again")
 
     # --- documents -------------------------------------------------------------------------------------------
@@ -381,8 +408,11 @@ class Corpus:
         except (OSError, EOFError, zlib.error) as exc:
             raise CorpusError(f"{entry.path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
 
-    def _files_as_documents(self, entries: list[FileEntry], replace_errors: bool) -> Iterator[str]:
-        for entry in entries:
+    def _files_as_documents(self, entries: list[FileEntry] | None, replace_errors: bool) -> Iterator[str]:
+        """Each text file's text; with `entries` None, the folder is walked again and its binary files are left
+        out by the rules of the scan (a NUL byte, or bad UTF-8 without `replace_errors`)."""
+        walk = entries is None
+        for entry in self.iter_files() if walk else entries:
             try:
                 with open(entry.full, "rb") as f:
                     data = f.read()
@@ -390,10 +420,14 @@ class Corpus:
                 raise CorpusError(f"{entry.path}: cannot read ({exc.strerror or exc})") from None
             if len(data) != entry.size:
                 raise CorpusChanged(f"{entry.path} changed while it was prepared; prepare again")
+            if walk and b"\0" in data:
+                continue
             try:
                 yield data.decode("utf-8")
             except UnicodeDecodeError:
-                if not replace_errors:  # the scan found it valid: it was rewritten since
+                if not replace_errors:
+                    if walk:
+                        continue
                     raise CorpusChanged(f"{entry.path} changed while it was prepared; prepare again") from None
                 self.counts.replaced_bad_bytes = True
                 yield data.decode("utf-8", "replace")
@@ -562,7 +596,7 @@ def preview(path: Path, text_field: str = "text", limit: int = 6000) -> str:
         files = source.files()
         if source.kind == "folder":
             files = [e for e in files if not _looks_binary(e.path)][:50]
-        head = Scan("", 0, files, files)
+        head = Scan("", 0, "", files, text_file_count=len(files))
         parts: list[str] = []
         size = 0
         stream = source.documents(head, replace_errors=True, skip_bad_rows=True)
@@ -626,6 +660,12 @@ def _clock(seconds: float) -> str:
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------
+
+
+def _listed(entry: FileEntry) -> bytes:
+    """What a file adds to a scan's listing digest: its relative path, size and modification time."""
+    rel = entry.rel.encode("utf-8", "surrogateescape")
+    return len(rel).to_bytes(8, "big") + rel + entry.size.to_bytes(8, "big") + entry.mtime_ns.to_bytes(16, "big", signed=True)
 
 
 class _TextCheck:

@@ -285,7 +285,7 @@ def _prepare(
             "corpus_sha256": scan.digest,
             "corpus_bytes": scan.bytes,
             "documents": counts.documents,
-            "files": len(scan.text_files),
+            "files": scan.text_file_count,
             "skipped": skipped,
             "first_bad_row": counts.first_bad_row,
             "split_by": "document hash" if hash_split else "last 10% of tokens",

@@ -136,6 +136,23 @@ def test_folder_digest_covers_paths_and_contents(tmp_path):
     assert Corpus.open(root).scan().digest not in (first, changed), "a rename is a new corpus too"
 
 
+def test_folder_is_walked_in_sorted_path_order_and_keeps_its_digest(tmp_path):
+    """The walk streams one folder at a time yet gives the order of the whole paths' bytes, so a folder's
+    digest (its cache entry and the runs trained on it) is the one it had when every path was sorted at once."""
+    root = tmp_path / "tree"
+    for rel in ["a/b.txt", "a.txt", "a-b/c.txt", "ab.txt", "a/z/y.txt", "A.txt", "é.txt", "a b/q.txt"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(rel + "\n")
+    source = Corpus.open(root)
+    rels = [e.rel for e in source.iter_files()]
+    assert rels == sorted(rels, key=lambda r: r.encode()) == [
+        "A.txt", "a b/q.txt", "a-b/c.txt", "a.txt", "a/b.txt", "a/z/y.txt", "ab.txt", "é.txt"]
+    scan = source.scan()
+    assert scan.digest == "2434a511e5a23254ed6425bebfb93320581d0eb2428e85074a79a3c0b55e3be9"
+    assert scan.text_files is None and scan.text_file_count == 8, "a folder's files are not held in memory"
+    assert list(source.documents(scan)) == [r + "\n" for r in rels]
+
+
 def test_jsonl_documents_and_text_field(tmp_path):
     docs, _, _ = documents_of(write_jsonl(tmp_path / "d.jsonl"))
     assert docs == DOCS
@@ -156,7 +173,7 @@ def test_parquet_file_and_shards(tmp_path):
     write_parquet(hub / "data" / "train-00001.parquet", ["later\n"])
     write_parquet(hub / "data" / "train-00000.parquet", DOCS)
     docs, _, scan = documents_of(hub)
-    assert docs == DOCS + ["later\n"] and scan.documents == 4 and len(scan.text_files) == 2
+    assert docs == DOCS + ["later\n"] and scan.documents == 4 and scan.text_file_count == 2
 
 
 def test_validation_rule_is_by_content_and_about_a_tenth():
