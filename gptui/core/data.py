@@ -151,6 +151,16 @@ def cache_status(cache_root: Path, corpus: Path, spec: TokenizerSpec, text_field
         return False
 
 
+def prepared_entry(cache_root: Path, corpus: Path, spec: TokenizerSpec | str, text_field: str = "text",
+                   cancel: threading.Event | None = None) -> tuple[Path, Dataset] | None:
+    """The cache entry of a corpus already tokenized with `spec` (settings, or a given tokenizer's key) and its
+    dataset, or None when it has not been prepared (reads the corpus to hash it)."""
+    scan = Corpus.open(corpus, text_field).scan(replace_errors=True, cancel=cancel)
+    folder = cache_dir(cache_root, scan.digest, spec, scan.bytes)
+    dataset = _load_cached(folder, scan.digest)
+    return None if dataset is None else (folder, dataset)
+
+
 def prepare(
     corpus: Path,
     spec: TokenizerSpec,
