@@ -25,7 +25,7 @@ from textual.geometry import Region
 from textual.message import Message
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import DataTable, Footer, Input, Label, Select, Static
+from textual.widgets import DataTable, Footer, Input, Label, Select, Static, TextArea
 
 from gptui.core import vocabulary
 from gptui.core.errors import GptuiError
@@ -199,7 +199,7 @@ class TokenText(Widget, can_focus=True):
 class TokensScreen(Screen[None]):
     BINDINGS = [
         Binding("escape", "close", "Close"),
-        Binding("ctrl+e", "edit", "Text"),
+        Binding("ctrl+e", "edit", "Text/tokens", priority=True),  # over the text area's end of line
         Binding("n", "passage(1)", "Next passage"),
         Binding("p", "passage(-1)", "Previous"),
         Binding("slash", "search", "Search", key_display="/"),
@@ -230,14 +230,17 @@ class TokensScreen(Screen[None]):
         self.start = 0  # the passage's first token
         self.typed: str | None = None  # the text typed in, shown instead of a passage
         self.order = "longest"  # the vocabulary list: longest, frequent, or search
+        self._refused = ""  # the last reason the typed text could not be tokenized, notified once
+        self.note = ""  # why there is no passage (the corpus is not prepared with this tokenizer)
 
     def compose(self) -> ComposeResult:
-        yield Static(f"Tokens · {self.corpus}", id="tok-title")
+        with Horizontal(id="tok-title-row"):
+            yield Static(f"Tokens · {self.corpus}", id="tok-title")
+            yield Select(self._sources(), value=CORPUS, allow_blank=False, id="tok-source", compact=True)
         with Horizontal(id="tok-input-row"):
             yield Label("text")
-            yield Input(placeholder="a text to tokenize, then Enter (empty: the corpus again)", id="tok-text",
-                        compact=True)
-            yield Select(self._sources(), value=CORPUS, allow_blank=False, id="tok-source", compact=True)
+            yield TextArea(id="tok-text", compact=True, soft_wrap=True,
+                           placeholder="type a text to see its tokens as you type (empty: the corpus again)")
         with Horizontal(id="tok-middle"):
             with ScrollableContainer(id="tok-scroll", can_focus=False):
                 yield TokenText(id="tok-tokens")
@@ -299,6 +302,7 @@ class TokensScreen(Screen[None]):
     @on(_Loaded)
     def _loaded(self, message: _Loaded) -> None:
         self.tokenizer, self.tokens, self.counts = message.tokenizer, message.tokens, message.counts
+        self.note = message.note
         self.stats = None
         if self.tokenizer is not None and self.counts is not None:
             self.stats = vocabulary.corpus_stats(self.tokenizer, self.counts)
@@ -309,13 +313,16 @@ class TokensScreen(Screen[None]):
         if self.order == "frequent" and self.counts is None:
             self.order = "longest"
         self._fill_vocabulary()
-        if self.typed is not None and self.tokenizer is not None:
-            self._tokenize(self.typed)
+        typed = self.query_one("#tok-text", TextArea).text
+        self._refused = ""
+        if typed and self.tokenizer is not None and self._tokenize(typed):
+            pass
         elif self.tokens is not None:
             self.typed = None
             self._show_passage(0)
         else:
             self.typed = None
+            self.query_one("#tok-scroll").border_title = ""
             self.query_one(TokenText).show_message(message.note)
 
     @on(_Failed)
@@ -351,37 +358,44 @@ class TokensScreen(Screen[None]):
         last = max(0, len(self.tokens) - PASSAGE_TOKENS)
         self._show_passage(min(last, max(0, self.start + step * PASSAGE_TOKENS)))
 
-    @on(Input.Submitted, "#tok-text")
-    def _submitted(self, event: Input.Submitted) -> None:
+    @on(TextArea.Changed, "#tok-text")
+    def _typed(self, event: TextArea.Changed) -> None:
+        """Tokenized as it is typed; an empty text shows the corpus again."""
         event.stop()
-        if not event.value:
-            if self.tokens is not None:
-                self.typed = None
+        text = event.text_area.text
+        if not text:
+            self.typed, self._refused = None, ""
+            if self.tokens is not None and self.tokenizer is not None:
                 self._show_passage(self.start)
-                self.query_one(TokenText).focus()
             else:
-                self.notify("Type a text first.", severity="warning")
+                self.query_one("#tok-scroll").border_title = ""
+                self.query_one(TokenText).show_message(self.note)
             return
         if self.tokenizer is None:
-            self.notify("No tokenizer yet: prepare the corpus, or pick a run's tokenizer.", severity="warning")
+            self._refuse("No tokenizer yet: prepare the corpus, or pick a run's tokenizer above.", "warning")
             return
-        if self._tokenize(event.value):
-            self.query_one(TokenText).focus()
+        self._tokenize(text)
 
     def _tokenize(self, text: str) -> bool:
         assert self.tokenizer is not None
         try:
             ids, spans = vocabulary.encode_text(self.tokenizer, text)
         except GptuiError as exc:
-            self.notify(str(exc), severity="error", title="Cannot tokenize")
+            self._refuse(str(exc), "error")
             return False
-        self.typed = text
+        self.typed, self._refused = text, ""
         n = len(ids)
         self.query_one("#tok-scroll").border_title = (
             f"your text · {n:,} tokens · {len(text) / max(1, n):.2f} characters and "
             f"{len(text.encode('utf-8')) / max(1, n):.2f} bytes per token")
         self.query_one(TokenText).show(ids, spans, self.tokenizer.eot_id)
         return True
+
+    def _refuse(self, why: str, severity: str) -> None:
+        """A notification once per reason, not once per key typed; what was shown stays."""
+        if why != self._refused:
+            self._refused = why
+            self.notify(why, severity=severity, title="Cannot tokenize")
 
     @on(TokenText.Moved)
     def _moved(self) -> None:
@@ -429,7 +443,12 @@ class TokensScreen(Screen[None]):
         self.query_one("#tok-search", Input).focus()
 
     def action_edit(self) -> None:
-        self.query_one("#tok-text", Input).focus()
+        """From the tokens to the text and back."""
+        text = self.query_one("#tok-text", TextArea)
+        if text.has_focus:
+            self.query_one(TokenText).focus()
+        else:
+            text.focus()
 
     def action_close(self) -> None:
         self.dismiss(None)
