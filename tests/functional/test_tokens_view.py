@@ -124,6 +124,10 @@ def test_typed_text_is_tokenized_as_it_is_typed_and_joins_back_exactly(home: Pat
                 assert screen.typed == text and "".join(grid.spans) == text and grid.ids == tok.encode(text)
             area.text = typed
             await pilot.pause()
+            size = len(typed.encode("utf-8"))
+            assert (f"your text: {len(grid.ids)} tokens, {len(typed)} characters, {size} bytes · "
+                    f"{len(typed) / len(grid.ids):.2f} characters and {size / len(grid.ids):.2f} bytes per token"
+                    ) in line(screen, "stats") and "small: " in line(screen, "stats")
             await pilot.press("ctrl+e", "end")  # to the tokens: the cursor names the last one
             assert grid.has_focus and f"id {grid.ids[-1]} ·" in line(screen, "cursor")
             partial = next(k for k, span in enumerate(grid.spans) if span == "")  # a CJK or emoji byte token
@@ -155,7 +159,7 @@ def test_a_corpus_not_prepared_says_so_and_a_runs_tokenizer_still_works(home: Pa
 
             screen.query_one("#tok-source", Select).value = FAKE_RUN
             await wait_for(pilot, lambda: screen.tokenizer is not None, "the run's tokenizer")
-            assert f"run {FAKE_RUN}'s tokenizer" in line(screen, "title")
+            assert f"run {FAKE_RUN} · char (" in line(screen, "title")
             assert grid.ids == screen.tokenizer.encode("hello")  # the text typed before is tokenized now
             assert screen.query_one("#tok-vocab", DataTable).row_count > 0
             await pilot.press("ctrl+e", "f")  # no frequencies: the corpus is not encoded with this tokenizer

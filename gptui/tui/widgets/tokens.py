@@ -35,6 +35,7 @@ from gptui.tui.widgets.token_style import quoted, visible
 
 PASSAGE_TOKENS = 400  # a screenful or two of text; n moves on by as many
 VOCAB_ROWS = 200  # rows the vocabulary list holds
+TOKEN_CELL = 14  # characters of a token the vocabulary list shows (the cursor line shows it whole)
 CORPUS = "corpus"  # the source value of the corpus's own prepared tokenizer (runs go by their ids)
 # Alternating token backgrounds with white text: distinct from each other, readable on dark and light themes.
 SPAN_COLOURS = [Style(bgcolor=Color.from_rgb(*rgb), color="white")
@@ -64,7 +65,7 @@ class TokenText(Widget, can_focus=True):
     """Tokens laid out as wrapped text, one colour per token in turn, with a token cursor."""
 
     DEFAULT_CSS = """
-    TokenText { height: auto; }
+    TokenText { height: auto; link-style: none; }
     TokenText:focus { background-tint: $foreground 3%; }
     """
 
@@ -112,6 +113,10 @@ class TokenText(Widget, can_focus=True):
         x = 0
         for k, (span, token_id) in enumerate(zip(self.spans, self.ids, strict=True)):
             piece = shown(span, token_id, self.eot_id)
+            head = cell_len(piece.split("\n", 1)[0])
+            if 0 < x and x + head > width >= head:  # a token that fits on a line is not cut in two
+                lines.append([])
+                x = 0
             for n, char in enumerate(piece):
                 if char == "\n":
                     lines.append([])
@@ -200,8 +205,8 @@ class TokensScreen(Screen[None]):
     BINDINGS = [
         Binding("escape", "close", "Close"),
         Binding("ctrl+e", "edit", "Text/tokens", priority=True),  # over the text area's end of line
-        Binding("n", "passage(1)", "Next passage"),
-        Binding("p", "passage(-1)", "Previous"),
+        Binding("n", "passage(1)", "Next"),
+        Binding("p", "passage(-1)", "Prev"),
         Binding("slash", "search", "Search", key_display="/"),
         Binding("l", "order('longest')", "Longest"),
         Binding("f", "order('frequent')", "Frequent"),
@@ -209,10 +214,10 @@ class TokensScreen(Screen[None]):
 
     class _Loaded(Message):
         def __init__(self, tokenizer: Tokenizer | None, tokens: np.ndarray | None, counts: np.ndarray | None,
-                     documents: int, note: str) -> None:
+                     stats: vocabulary.CorpusStats | None, documents: int, note: str) -> None:
             super().__init__()
-            self.tokenizer, self.tokens, self.counts, self.documents, self.note = (
-                tokenizer, tokens, counts, documents, note)
+            self.tokenizer, self.tokens, self.counts, self.stats = tokenizer, tokens, counts, stats
+            self.documents, self.note = documents, note
 
     class _Failed(Message):
         def __init__(self, error: str) -> None:
@@ -232,6 +237,7 @@ class TokensScreen(Screen[None]):
         self.order = "longest"  # the vocabulary list: longest, frequent, or search
         self._refused = ""  # the last reason the typed text could not be tokenized, notified once
         self.note = ""  # why there is no passage (the corpus is not prepared with this tokenizer)
+        self.documents = 0
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="tok-title-row"):
@@ -261,8 +267,8 @@ class TokensScreen(Screen[None]):
         table = self.query_one("#tok-vocab", DataTable)
         table.add_column("id", key="id")
         table.add_column("token", key="token")
-        table.add_column("bytes", key="bytes")
         table.add_column("count", key="count")
+        table.add_column("bytes", key="bytes")
         self.query_one(TokenText).show_message("reading the prepared corpus…")
         self.query_one(TokenText).focus()
         self._load(self.source)
@@ -289,11 +295,12 @@ class TokensScreen(Screen[None]):
                            " (char-level)" if source == CORPUS else "")
                         + (": press Prepare on the Corpus tab (escape), or pick a run's tokenizer above."
                            if source == CORPUS else ": fine-tuning that run on it prepares it. Type a text above."))
-                self.post_message(self._Loaded(tokenizer, None, None, 0, note))
+                self.post_message(self._Loaded(tokenizer, None, None, None, 0, note))
                 return
             folder, data = entry
             counts = vocabulary.token_counts(data.tokens, data.tokenizer.vocab_size, folder)
-            self.post_message(self._Loaded(data.tokenizer, data.tokens, counts, data.documents, ""))
+            stats = vocabulary.corpus_stats(data.tokenizer, counts)
+            self.post_message(self._Loaded(data.tokenizer, data.tokens, counts, stats, data.documents, ""))
         except GptuiError as exc:
             self.post_message(self._Failed(str(exc)))
         except (OSError, ValueError, KeyError) as exc:  # an unreadable tokenizer.json: one line, no traceback
@@ -302,14 +309,11 @@ class TokensScreen(Screen[None]):
     @on(_Loaded)
     def _loaded(self, message: _Loaded) -> None:
         self.tokenizer, self.tokens, self.counts = message.tokenizer, message.tokens, message.counts
-        self.note = message.note
-        self.stats = None
-        if self.tokenizer is not None and self.counts is not None:
-            self.stats = vocabulary.corpus_stats(self.tokenizer, self.counts)
-        which = f"{self.corpus}'s tokenizer" if self.source == CORPUS else f"run {self.source}'s tokenizer"
+        self.note, self.stats = message.note, message.stats
+        which = self.corpus if self.source == CORPUS else f"run {self.source}"
         described = f" · {self.tokenizer.describe()}" if self.tokenizer is not None else ""
         self.query_one("#tok-title", Static).update(f"Tokens · {which}{described}")
-        self._show_stats(message.documents)
+        self.documents = message.documents
         if self.order == "frequent" and self.counts is None:
             self.order = "longest"
         self._fill_vocabulary()
@@ -324,6 +328,7 @@ class TokensScreen(Screen[None]):
             self.typed = None
             self.query_one("#tok-scroll").border_title = ""
             self.query_one(TokenText).show_message(message.note)
+            self._show_stats()
 
     @on(_Failed)
     def _failed(self, message: _Failed) -> None:
@@ -348,6 +353,7 @@ class TokensScreen(Screen[None]):
         self.query_one("#tok-scroll").border_title = (
             f"passage · tokens {part.start:,}–{part.end - 1:,} of {len(self.tokens):,} · n/p: next/previous")
         self.query_one(TokenText).show(part.ids, part.spans, self.tokenizer.eot_id)
+        self._show_stats()
         self.query_one("#tok-scroll").scroll_home(animate=False)
 
     def action_passage(self, step: int) -> None:
@@ -370,6 +376,7 @@ class TokensScreen(Screen[None]):
             else:
                 self.query_one("#tok-scroll").border_title = ""
                 self.query_one(TokenText).show_message(self.note)
+                self._show_stats()
             return
         if self.tokenizer is None:
             self._refuse("No tokenizer yet: prepare the corpus, or pick a run's tokenizer above.", "warning")
@@ -385,10 +392,9 @@ class TokensScreen(Screen[None]):
             return False
         self.typed, self._refused = text, ""
         n = len(ids)
-        self.query_one("#tok-scroll").border_title = (
-            f"your text · {n:,} tokens · {len(text) / max(1, n):.2f} characters and "
-            f"{len(text.encode('utf-8')) / max(1, n):.2f} bytes per token")
+        self.query_one("#tok-scroll").border_title = f"your text · {n:,} tokens · empty it for the corpus"
         self.query_one(TokenText).show(ids, spans, self.tokenizer.eot_id)
+        self._show_stats()
         return True
 
     def _refuse(self, why: str, severity: str) -> None:
@@ -417,17 +423,25 @@ class TokensScreen(Screen[None]):
                 line.append(f" · {int(self.counts[token_id]):,}× in the corpus")
         self.query_one("#tok-cursor", Static).update(line)
 
-    def _show_stats(self, documents: int) -> None:
-        line = Text()
+    def _show_stats(self) -> None:
+        """The typed text's characters and bytes per token (when there is one), and the whole corpus's."""
+        text = Text()
+        if self.typed is not None and self.query_one(TokenText).ids:
+            n, typed = len(self.query_one(TokenText).ids), self.typed
+            chars, size = len(typed), len(typed.encode("utf-8"))
+            text.append("your text: ", style="bold")
+            text.append(f"{n:,} tokens, {chars:,} characters, {size:,} bytes · ")
+            text.append(f"{chars / n:.2f} characters and {size / n:.2f} bytes per token\n", style="bold")
         if self.stats is not None:
             s = self.stats
-            line.append(f"{self.corpus}: ", style="bold")
-            line.append(f"{s.tokens:,} tokens, {s.chars:,} characters, {s.bytes:,} bytes · ")
-            line.append(f"{s.chars_per_token:.2f} characters and {s.bytes_per_token:.2f} bytes per token",
+            text.append(f"{self.corpus}: ", style="bold")
+            text.append(f"{s.tokens:,} tokens, {s.chars:,} characters, {s.bytes:,} bytes · ")
+            text.append(f"{s.chars_per_token:.2f} characters and {s.bytes_per_token:.2f} bytes per token",
                         style="bold")
             if s.end_of_text:
-                line.append(f" · {documents:,} documents")
-        self.query_one("#tok-stats", Static).update(line)
+                text.append(f" · {self.documents:,} documents")
+        text.rstrip()
+        self.query_one("#tok-stats", Static).update(text)
 
     # --- the vocabulary -----------------------------------------------------------------------------------
 
@@ -486,5 +500,8 @@ class TokensScreen(Screen[None]):
             ids = vocabulary.longest(tok, VOCAB_ROWS)
             box.border_title = "longest" + (" (f: most frequent)" if self.counts is not None else "")
         for i in ids:
-            table.add_row(str(i), visible(vocabulary.token_text(tok, i))[:24], str(len(tok.token_bytes[i])),
-                          "" if self.counts is None else f"{int(self.counts[i]):,}", key=str(i))
+            shown_token = visible(vocabulary.token_text(tok, i))
+            if len(shown_token) > TOKEN_CELL:
+                shown_token = shown_token[: TOKEN_CELL - 1] + "…"
+            table.add_row(str(i), shown_token, "" if self.counts is None else f"{int(self.counts[i]):,}",
+                          str(len(tok.token_bytes[i])), key=str(i))
