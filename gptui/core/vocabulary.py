@@ -19,7 +19,7 @@ from gptui.core.errors import InputError
 from gptui.core.tokenizer import EOT, Tokenizer, token_spans
 
 COUNTS_FILE = "token_counts.npy"
-COUNT_CHUNK = 1 << 24  # tokens counted at a time: bounded memory over a memory-mapped corpus of any size
+COUNT_CHUNK = 1 << 22  # tokens counted at a time: bounded memory over a memory-mapped corpus of any size
 CACHE_COUNTS_FROM = 1 << 20  # below this many tokens counting is a blink, and nothing is written
 
 
