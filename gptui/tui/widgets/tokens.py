@@ -26,11 +26,13 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Input, Label, Select, Static, TextArea
+from textual.worker import get_current_worker
 
 from gptui.core import vocabulary
 from gptui.core.errors import GptuiError
 from gptui.core.tokenizer import Tokenizer
 from gptui.core.workspace import Workspace
+from gptui.tui.tabs.corpus import _WorkerCancelled
 from gptui.tui.widgets.token_style import quoted, visible
 
 PASSAGE_TOKENS = 400  # a screenful or two of text; n moves on by as many
@@ -287,7 +289,9 @@ class TokensScreen(Screen[None]):
             else:
                 text = RunStore(self.workspace).resolve(source).file("tokenizer.json").read_text(encoding="utf-8")
                 tokenizer, key, whose = tokenizer_from_json(text), tokenizer_key(text), f"run {source}'s tokenizer"
-            entry = prepared_entry(self.workspace.cache, self.path, key, self.text_field)
+            # closing the view stops the hashing of a large corpus mid-way
+            entry = prepared_entry(self.workspace.cache, self.path, key, self.text_field,
+                                   cancel=_WorkerCancelled(get_current_worker()))
             if entry is None:
                 note = (f"{self.corpus} is not prepared with {whose}"
                         + (f" ({self.spec.kind}, {self.spec.vocab_size} tokens, {self.spec.pattern})"
