@@ -9,6 +9,7 @@ id's byte length) and the characters (each id's bytes that start a UTF-8 charact
 
 from __future__ import annotations
 
+import codecs
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,21 @@ def token_text(tokenizer: Tokenizer, token_id: int) -> str:
     if token_id == tokenizer.eot_id:
         return EOT
     return tokenizer.token_bytes[token_id].decode("utf-8", errors="replace")
+
+
+def _hex_bytes(error: UnicodeDecodeError) -> tuple[str, int]:
+    return f"<{error.object[error.start:error.end].hex(' ')}>", error.end
+
+
+codecs.register_error("gptui.hex", _hex_bytes)
+
+
+def token_label(tokenizer: Tokenizer, token_id: int) -> str:
+    """A token for a list of the vocabulary: its text, with the bytes of a character split across tokens in hex
+    ('の<e6 96>'), end-of-text by its name."""
+    if token_id == tokenizer.eot_id:
+        return EOT
+    return tokenizer.token_bytes[token_id].decode("utf-8", errors="gptui.hex").replace("><", " ")
 
 
 def token_hex(tokenizer: Tokenizer, token_id: int) -> str:

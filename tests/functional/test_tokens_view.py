@@ -52,9 +52,19 @@ def test_a_passage_of_the_corpus_with_a_cursor_that_names_each_token(home: Path)
     async def go() -> None:
         app = make_app(home, poll=False)
         async with app.run_test(size=(120, 40)) as pilot:
-            screen = await open_view(pilot, {"tokenizer": "char"})
+            screen = await open_view(pilot)  # the tab's settings (bpe) are not the ones it was prepared with
             grid = screen.query_one(TokenText)
+            await wait_for(pilot, lambda: "not prepared" in grid.message, "the inline message")
+            assert "pick (s) another tokenizer it is prepared with above" in grid.message
+            await pilot.press("s")
+            select = screen.query_one("#tok-source", Select)
+            assert select.expanded  # the menu is open, its list focused
+            assert ("small as char", "cache:char-v1") in screen.sources
+            await pilot.press("escape")
+            select.value = "cache:char-v1"
             await wait_for(pilot, lambda: bool(grid.ids), "the passage")
+            grid.focus()
+            await pilot.pause()
             assert grid.has_focus and grid.ids == tokens[:PASSAGE_TOKENS].tolist()
             assert "".join(grid.spans) == text[:PASSAGE_TOKENS]  # a char tokenizer: one character a token
             assert "char (" in line(screen, "title") and "1.00 characters and 1.00 bytes per token" in line(

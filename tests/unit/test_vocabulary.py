@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gptui.core import vocabulary
-from gptui.core.data import TokenizerSpec, prepare, prepared_entry
+from gptui.core.data import TokenizerSpec, cache_entries, prepare
 from gptui.core.errors import InputError
 from gptui.core.tokenizer import EOT, train_tokenizer
 
@@ -40,6 +40,10 @@ def test_a_bpe_token_that_holds_part_of_a_character_is_marked(bpe) -> None:
     assert len(ids) > 1 and spans[-1] == "🚀" and all(s == "" for s in spans[:-1])
     assert not vocabulary.is_whole(bpe, ids[0]) and vocabulary.token_text(bpe, ids[0]) == "\ufffd"
     assert " ".join(vocabulary.token_hex(bpe, i) for i in ids) == "f0 9f 9a 80"
+    labels = [vocabulary.token_label(bpe, i) for i in ids]  # the vocabulary list names the bytes
+    assert "".join(labels).replace("><", " ") == "<f0 9f 9a 80>" and all(label.startswith("<") for label in labels)
+    whole = bpe.encode("café")
+    assert "".join(vocabulary.token_label(bpe, i) for i in whole) == "café"
     assert b"".join(bpe.token_bytes[i] for i in ids) == "🚀".encode()
 
 
@@ -51,7 +55,7 @@ def test_text_a_tokenizer_cannot_take_is_refused_in_one_line(char) -> None:
 
 
 def test_end_of_text_shows_by_name_and_has_no_bytes(char) -> None:
-    assert vocabulary.token_text(char, char.eot_id) == EOT
+    assert vocabulary.token_text(char, char.eot_id) == EOT == vocabulary.token_label(char, char.eot_id)
     assert vocabulary.token_hex(char, char.eot_id) == ""
 
 
@@ -65,13 +69,19 @@ def prepared(workspace, corpus, make_corpus_text):
     return text, spec, data
 
 
-def test_a_corpus_is_found_prepared_only_with_its_settings(workspace, corpus, prepared) -> None:
+def test_a_corpus_is_found_prepared_with_each_tokenizer_it_was_prepared_with(workspace, corpus, prepared) -> None:
     text, spec, data = prepared
-    found = prepared_entry(workspace.cache, corpus, spec)
+    entries = cache_entries(workspace.cache, corpus)
+    found = entries.load(spec)
     assert found is not None and found[1].tokens.tolist() == data.tokens.tolist()
-    assert prepared_entry(workspace.cache, corpus, TokenizerSpec("bpe", 400, "gpt4")) is None
+    assert entries.load(TokenizerSpec("bpe", 400, "gpt4")) is None and list(entries.folders) == [spec.key()]
+    char = prepare(corpus, TokenizerSpec("char", 0, ""), workspace.cache, workers=1)
+    entries = cache_entries(workspace.cache, corpus)
+    assert set(entries.folders) == {spec.key(), "char-v1"} and entries.load("char-v1")[1].tokenizer.kind == "char"
+    assert len(char.tokens) == len(text)
     corpus.write_text(text + "more\n", encoding="utf-8")  # another text: another entry, not prepared
-    assert prepared_entry(workspace.cache, corpus, spec) is None
+    entries = cache_entries(workspace.cache, corpus)
+    assert entries.load(spec) is None and entries.folders == {}
 
 
 def test_passages_are_the_corpus_text_itself(prepared) -> None:

@@ -38,7 +38,8 @@ from gptui.tui.widgets.token_style import quoted, visible
 PASSAGE_TOKENS = 400  # a screenful or two of text; n moves on by as many
 VOCAB_ROWS = 200  # rows the vocabulary list holds
 TOKEN_CELL = 14  # characters of a token the vocabulary list shows (the cursor line shows it whole)
-CORPUS = "corpus"  # the source value of the corpus's own prepared tokenizer (runs go by their ids)
+CORPUS = "corpus"  # the source value of the Corpus tab's tokenizer settings (runs go by their ids)
+CACHED = "cache:"  # the source values of the other cache entries of the corpus, by their keys
 # Alternating token backgrounds with white text: distinct from each other, readable on dark and light themes.
 SPAN_COLOURS = [Style(bgcolor=Color.from_rgb(*rgb), color="white")
                 for rgb in ((38, 76, 120), (112, 52, 96), (36, 100, 72), (120, 80, 30))]
@@ -210,6 +211,7 @@ class TokensScreen(Screen[None]):
         Binding("n", "passage(1)", "Next"),
         Binding("p", "passage(-1)", "Prev"),
         Binding("slash", "search", "Search", key_display="/"),
+        Binding("s", "source", "Tokenizer"),
         Binding("l", "order('longest')", "Longest"),
         Binding("f", "order('frequent')", "Frequent"),
     ]
@@ -226,6 +228,13 @@ class TokensScreen(Screen[None]):
             super().__init__()
             self.error = error
 
+    class _Prepared(Message):
+        """The keys of the other cache entries of the corpus (other tokenizers it is prepared with)."""
+
+        def __init__(self, keys: list[str]) -> None:
+            super().__init__()
+            self.keys = keys
+
     def __init__(self, workspace: Workspace, corpus: str, path: Path, spec: Any, text_field: str = "text") -> None:
         super().__init__()
         self.workspace, self.corpus, self.path, self.spec, self.text_field = workspace, corpus, path, spec, text_field
@@ -240,6 +249,7 @@ class TokensScreen(Screen[None]):
         self._refused = ""  # the last reason the typed text could not be tokenized, notified once
         self.note = ""  # why there is no passage (the corpus is not prepared with this tokenizer)
         self.documents = 0
+        self.sources: list[tuple[str, str]] = []  # what the tokenizer menu offers: (label, source)
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="tok-title-row"):
@@ -263,7 +273,7 @@ class TokensScreen(Screen[None]):
         from gptui.core.runs import RunStore
 
         runs = [r.id for r in RunStore(self.workspace).runs() if r.file("tokenizer.json").is_file()]
-        return [(f"{self.corpus}'s tokenizer", CORPUS)] + [(f"run {r}", r) for r in runs]
+        return [(f"{self.corpus} (tab settings)", CORPUS)] + [(f"run {r}", r) for r in runs]
 
     def on_mount(self) -> None:
         table = self.query_one("#tok-vocab", DataTable)
@@ -279,26 +289,32 @@ class TokensScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="tokens")
     def _load(self, source: str) -> None:
-        from gptui.core.data import prepared_entry, tokenizer_key
+        from gptui.core.data import cache_entries, tokenizer_key
         from gptui.core.runs import RunStore
         from gptui.core.tokenizer import tokenizer_from_json
 
         try:
+            tokenizer: Tokenizer | None = None
             if source == CORPUS:
-                tokenizer, key, whose = None, self.spec, "these tokenizer settings"
+                key: Any = self.spec
+                whose = "these tokenizer settings (" + (
+                    f"bpe, {self.spec.vocab_size} tokens, {self.spec.pattern})" if self.spec.kind == "bpe" else "char)")
+            elif source.startswith(CACHED):
+                key, whose = source[len(CACHED):], "that tokenizer"
             else:
                 text = RunStore(self.workspace).resolve(source).file("tokenizer.json").read_text(encoding="utf-8")
                 tokenizer, key, whose = tokenizer_from_json(text), tokenizer_key(text), f"run {source}'s tokenizer"
             # closing the view stops the hashing of a large corpus mid-way
-            entry = prepared_entry(self.workspace.cache, self.path, key, self.text_field,
-                                   cancel=_WorkerCancelled(get_current_worker()))
+            entries = cache_entries(self.workspace.cache, self.path, self.text_field,
+                                    cancel=_WorkerCancelled(get_current_worker()))
+            others = [k for k in entries.folders if k != entries.key(key)]
+            self.post_message(self._Prepared(others))
+            entry = entries.load(key)
             if entry is None:
-                note = (f"{self.corpus} is not prepared with {whose}"
-                        + (f" ({self.spec.kind}, {self.spec.vocab_size} tokens, {self.spec.pattern})"
-                           if source == CORPUS and self.spec.kind == "bpe" else
-                           " (char-level)" if source == CORPUS else "")
-                        + (": press Prepare on the Corpus tab (escape), or pick a run's tokenizer above."
-                           if source == CORPUS else ": fine-tuning that run on it prepares it. Type a text above."))
+                how = ("press Prepare on the Corpus tab (escape), or pick (s) " + (
+                    "another tokenizer it is prepared with above." if others else "a run's tokenizer above.")
+                    if source == CORPUS else "fine-tuning that run on it prepares it. Type a text above.")
+                note = f"{self.corpus} is not prepared with {whose}: {how}"
                 self.post_message(self._Loaded(tokenizer, None, None, None, 0, note))
                 return
             folder, data = entry
@@ -310,11 +326,24 @@ class TokensScreen(Screen[None]):
         except (OSError, ValueError, KeyError) as exc:  # an unreadable tokenizer.json: one line, no traceback
             self.post_message(self._Failed(f"cannot read the tokenizer ({type(exc).__name__}: {exc})"))
 
+    @on(_Prepared)
+    def _prepared(self, message: _Prepared) -> None:
+        """Offer the other tokenizers the corpus is already prepared with."""
+        select = self.query_one("#tok-source", Select)
+        options = self._sources() + [(f"{self.corpus} as {_key_label(k)}", CACHED + k) for k in message.keys]
+        if CACHED + self.source not in [v for _, v in options] and self.source.startswith(CACHED):
+            options.append((f"{self.corpus} as {_key_label(self.source[len(CACHED):])}", self.source))
+        self.sources = options
+        with select.prevent(Select.Changed):
+            select.set_options(options)
+            select.value = self.source
+
     @on(_Loaded)
     def _loaded(self, message: _Loaded) -> None:
         self.tokenizer, self.tokens, self.counts = message.tokenizer, message.tokens, message.counts
         self.note, self.stats = message.note, message.stats
-        which = self.corpus if self.source == CORPUS else f"run {self.source}"
+        which = f"run {self.source}" if self.source not in (CORPUS,) and not self.source.startswith(CACHED) \
+            else self.corpus
         described = f" · {self.tokenizer.describe()}" if self.tokenizer is not None else ""
         self.query_one("#tok-title", Static).update(f"Tokens · {which}{described}")
         self.documents = message.documents
@@ -457,6 +486,12 @@ class TokensScreen(Screen[None]):
         self.query_one("#tok-search", Input).value = ""
         self._fill_vocabulary()
 
+    def action_source(self) -> None:
+        """The tokenizer to look through: the Corpus tab's settings, another it is prepared with, or a run's."""
+        select = self.query_one("#tok-source", Select)
+        select.focus()
+        select.expanded = True
+
     def action_search(self) -> None:
         self.query_one("#tok-search", Input).focus()
 
@@ -504,8 +539,16 @@ class TokensScreen(Screen[None]):
             ids = vocabulary.longest(tok, VOCAB_ROWS)
             box.border_title = "longest" + (" (f: most frequent)" if self.counts is not None else "")
         for i in ids:
-            shown_token = visible(vocabulary.token_text(tok, i))
+            shown_token = visible(vocabulary.token_label(tok, i))
             if len(shown_token) > TOKEN_CELL:
                 shown_token = shown_token[: TOKEN_CELL - 1] + "…"
             table.add_row(str(i), shown_token, "" if self.counts is None else f"{int(self.counts[i]):,}",
                           str(len(tok.token_bytes[i])), key=str(i))
+
+
+def _key_label(key: str) -> str:
+    """A cache key as a reader names the tokenizer: 'bpe512-gpt4-v1' -> 'bpe512-gpt4'; a run's tokenizer's key
+    (its sha256) -> "a run's tokenizer"."""
+    if key.startswith("tok"):
+        return f"a run's tokenizer ({key[3:11]})"
+    return key.rsplit("-v", 1)[0]
