@@ -63,6 +63,7 @@ def test_a_passage_of_the_corpus_with_a_cursor_that_names_each_token(home: Path)
             await pilot.press("escape")
             select.value = "cache:char-v1"
             await wait_for(pilot, lambda: bool(grid.ids), "the passage")
+            assert select.value == "cache:char-v1" and ("small as char", "cache:char-v1") in screen.sources
             grid.focus()
             await pilot.pause()
             assert grid.has_focus and grid.ids == tokens[:PASSAGE_TOKENS].tolist()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.cells import cell_len
@@ -34,6 +34,9 @@ from gptui.core.tokenizer import Tokenizer
 from gptui.core.workspace import Workspace
 from gptui.tui.tabs.corpus import _WorkerCancelled
 from gptui.tui.widgets.token_style import quoted, visible
+
+if TYPE_CHECKING:
+    from gptui.core.data import TokenizerSpec
 
 PASSAGE_TOKENS = 400  # a screenful or two of text; n moves on by as many
 VOCAB_ROWS = 200  # rows the vocabulary list holds
@@ -235,7 +238,8 @@ class TokensScreen(Screen[None]):
             super().__init__()
             self.keys = keys
 
-    def __init__(self, workspace: Workspace, corpus: str, path: Path, spec: Any, text_field: str = "text") -> None:
+    def __init__(self, workspace: Workspace, corpus: str, path: Path, spec: TokenizerSpec,
+                 text_field: str = "text") -> None:
         super().__init__()
         self.workspace, self.corpus, self.path, self.spec, self.text_field = workspace, corpus, path, spec, text_field
         self.source = CORPUS
@@ -254,7 +258,8 @@ class TokensScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         with Horizontal(id="tok-title-row"):
             yield Static(f"Tokens · {self.corpus}", id="tok-title")
-            yield Select(self._sources(), value=CORPUS, allow_blank=False, id="tok-source", compact=True)
+            self.sources = self._sources()
+            yield Select(self.sources, value=CORPUS, allow_blank=False, id="tok-source", compact=True)
         with Horizontal(id="tok-input-row"):
             yield Label("text")
             yield TextArea(id="tok-text", compact=True, soft_wrap=True,
@@ -307,7 +312,9 @@ class TokensScreen(Screen[None]):
             # closing the view stops the hashing of a large corpus mid-way
             entries = cache_entries(self.workspace.cache, self.path, self.text_field,
                                     cancel=_WorkerCancelled(get_current_worker()))
-            others = [k for k in entries.folders if k != entries.key(key)]
+            # offered as choices: every entry but the tab settings' and a run's own (those are offered already)
+            shown = {entries.key(self.spec)} | ({entries.key(key)} if tokenizer is not None else set())
+            others = [k for k in entries.folders if k not in shown]
             self.post_message(self._Prepared(others))
             entry = entries.load(key)
             if entry is None:
@@ -331,7 +338,8 @@ class TokensScreen(Screen[None]):
         """Offer the other tokenizers the corpus is already prepared with."""
         select = self.query_one("#tok-source", Select)
         options = self._sources() + [(f"{self.corpus} as {_key_label(k)}", CACHED + k) for k in message.keys]
-        if CACHED + self.source not in [v for _, v in options] and self.source.startswith(CACHED):
+        if self.source.startswith(CACHED) and self.source not in [value for _, value in options]:
+            # an entry deleted meanwhile: kept while it is shown
             options.append((f"{self.corpus} as {_key_label(self.source[len(CACHED):])}", self.source))
         self.sources = options
         with select.prevent(Select.Changed):
