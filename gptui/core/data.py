@@ -151,6 +151,34 @@ def cache_status(cache_root: Path, corpus: Path, spec: TokenizerSpec, text_field
         return False
 
 
+@dataclass
+class CacheEntries:
+    """Every cache entry of one corpus, one per tokenizer it was prepared with, found by hashing it once."""
+
+    digest: str
+    corpus_bytes: int
+    folders: dict[str, Path]  # cache key -> entry, newest first
+
+    def key(self, spec: TokenizerSpec | str) -> str:
+        return spec if isinstance(spec, str) else spec.key(self.corpus_bytes)
+
+    def load(self, spec: TokenizerSpec | str) -> tuple[Path, Dataset] | None:
+        """The entry prepared with `spec` (settings, or a given tokenizer's key) and its dataset, or None."""
+        folder = self.folders.get(self.key(spec))
+        data = None if folder is None else _load_cached(folder, self.digest)
+        return None if folder is None or data is None else (folder, data)
+
+
+def cache_entries(cache_root: Path, corpus: Path, text_field: str = "text",
+                  cancel: threading.Event | None = None) -> CacheEntries:
+    """The cache entries of a corpus as it is now (reads the corpus to hash it)."""
+    scan = Corpus.open(corpus, text_field).scan(replace_errors=True, cancel=cancel)
+    prefix = f"{scan.digest[:16]}-"
+    found = [p for p in Path(cache_root).glob(f"{prefix}*") if (p / "meta.json").is_file()]
+    found.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    return CacheEntries(scan.digest, scan.bytes, {p.name[len(prefix):]: p for p in found})
+
+
 def prepare(
     corpus: Path,
     spec: TokenizerSpec,

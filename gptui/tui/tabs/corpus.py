@@ -10,6 +10,7 @@ from typing import Any
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Static
@@ -54,6 +55,9 @@ class CorpusTab(Vertical):
             super().__init__()
             self.text, self.error = text, error
 
+    BINDINGS = [Binding("t", "tokens", "Tokens", tooltip="The selected corpus's tokens, its characters and bytes "
+                        "per token, and the tokenizer's vocabulary")]
+
     def __init__(self, workspace: Workspace, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.workspace = workspace
@@ -85,6 +89,7 @@ class CorpusTab(Vertical):
                 with Horizontal(id="prepare-row"):
                     yield Button("Prepare", id="prepare", compact=True, variant="primary")
                     yield Button("Cancel", id="prepare-cancel", compact=True, disabled=True)
+                    yield Button("Tokens", id="corpus-tokens", compact=True)
                     yield ProgressBar(id="prepare-progress", total=100, show_eta=False)
                 yield Static("Prepare trains the tokenizer and encodes the text (cached).", id="prepare-status")
             with Vertical(id="corpus-preview-box"):
@@ -233,6 +238,22 @@ class CorpusTab(Vertical):
         self.query_one("#prepare-progress", ProgressBar).update(total=None, progress=0)
         self._cancel_prepare = threading.Event()
         self._prepare(self.infos[self.corpus].path, spec, self._text_field(), self._cancel_prepare)
+
+    @on(Button.Pressed, "#corpus-tokens")
+    def action_tokens(self) -> None:
+        """The Tokens view of the selected corpus, with its tokenizer settings' prepared cache (or a run's)."""
+        from gptui.tui.widgets.tokens import TokensScreen
+
+        if self.corpus is None:
+            self.notify("Select a corpus first.", severity="warning")
+            return
+        try:
+            spec = self._spec()
+        except (GptuiError, ValueError) as exc:
+            self.notify(f"Fix the tokenizer settings first: {exc}", severity="error")
+            return
+        self.app.push_screen(TokensScreen(self.workspace, self.corpus, self.infos[self.corpus].path, spec,
+                                          self._text_field()))
 
     @on(Button.Pressed, "#prepare-cancel")
     def cancel_prepare(self) -> None:

@@ -110,15 +110,6 @@ class AttentionMap(Widget, can_focus=True):
 
 
 class AttentionScreen(Screen[None]):
-    DEFAULT_CSS = """
-    AttentionScreen { layout: vertical; }
-    #att-title { height: 1; padding: 0 1; text-style: bold; }
-    #att-input-row { height: 1; padding: 0 1; }
-    #att-input-row Label { width: auto; padding-right: 1; }
-    #att-text { width: 1fr; }
-    #att-scroll { height: 1fr; border: round $primary 50%; padding: 0 1; }
-    #att-status { height: auto; padding: 0 1; }
-    """
     BINDINGS = [
         Binding("escape", "close", "Close"),
         Binding("ctrl+e", "edit", "Text"),
