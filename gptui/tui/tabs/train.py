@@ -23,7 +23,7 @@ from textual.worker import Worker, WorkerState
 from gptui.core import events as ev
 from gptui.core.config import Config, estimate_params, tokens_per_step
 from gptui.core.errors import DamagedRun, GptuiError, RunBusy
-from gptui.core.finetune import MODEL_SHAPE
+from gptui.core.finetune import KEPT_SETTINGS
 from gptui.core.runs import Run
 from gptui.core.workspace import Workspace
 from gptui.tui.formatting import human_duration, human_number, loss_text, memory_text
@@ -188,7 +188,7 @@ class TrainTab(Vertical):
             reasons = "; ".join(self.problems.values()) or "the settings are incomplete"
             return f"Fix the Model tab first: {reasons}"
         if self.fine_tune_run:
-            changed = [f"{name} to {self._fine_tune_settings[name]}" for name in MODEL_SHAPE
+            changed = [f"{name} to {self._fine_tune_settings[name]}" for name in KEPT_SETTINGS
                        if name in self._fine_tune_settings
                        and getattr(self.config, name) != self._fine_tune_settings[name]]
             if changed:
