@@ -267,6 +267,7 @@ Config = dataclasses.make_dataclass(
 )
 
 
+DEFAULT_PRESET = "tiny"  # what a new run starts from when no preset is named
 PRESETS: dict[str, dict[str, Any]] = {
     # Learns readable text on a laptop CPU in a few minutes: the modern recipe (rotary positions, RMSNorm, QK-norm,
     # ReLU², untied head, soft-capped logits, Muon) with nanochat's RMS norm of the token embedding, and BPE 2048,
