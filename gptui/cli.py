@@ -216,25 +216,31 @@ LAUNCH_FLAGS = {"nnodes": "--nnodes", "node_rank": "--node-rank", "master_addr":
                 "master_port": "--master-port", "rdzv_endpoint": "--rdzv-endpoint", "rdzv_timeout": "--rdzv-timeout"}
 
 
-def cmd_train(args, workspace) -> int:
-    from gptui.core.request import TrainRequest, resolve_request
+def train_request(args):
+    """The TrainRequest `gptui train`'s flags ask for (gptui.core.launch.worker_argv writes them back)."""
+    from gptui.core.request import TrainRequest
 
-    given = [flag for key, flag in LAUNCH_FLAGS.items() if getattr(args, key) is not None]
-    if given and args.nproc_per_node is None:
-        raise InputError(f"{given[0]} needs --nproc-per-node N (processes on this machine)")
-    request = TrainRequest(
+    return TrainRequest(
         corpus=args.input, preset=args.preset, sets=tuple(args.sets), max_minutes=args.max_minutes,
         resume=args.resume, init_from=args.init_from, name=args.name, replace_errors=args.replace_errors,
         skip_bad_rows=args.skip_bad_rows, workers=args.workers,
     )
-    plan = resolve_request(workspace, request)  # refused here in one line, before torch or torchrun start
+
+
+def cmd_train(args, workspace) -> int:
+    from gptui.core.request import resolve_request
+
+    given = [flag for key, flag in LAUNCH_FLAGS.items() if getattr(args, key) is not None]
+    if given and args.nproc_per_node is None:
+        raise InputError(f"{given[0]} needs --nproc-per-node N (processes on this machine)")
+    plan = resolve_request(workspace, train_request(args))  # refused in one line, before torch or torchrun
     if args.nproc_per_node is not None:
         return _launch(args, workspace, plan)
 
     from gptui.core.distributed import launched_by_torchrun
     from gptui.core.launch import print_summary, run_job, train_rank
 
-    if launched_by_torchrun():
+    if launched_by_torchrun():  # one rank of a job: it ends the process
         train_rank(workspace, plan, lambda: ConsoleProgress(sys.stderr), debug=args.debug)
     progress = ConsoleProgress(sys.stderr)
     result = run_job(plan.job(workspace, on_event=progress), progress)
