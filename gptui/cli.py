@@ -7,17 +7,15 @@ with --debug). Heavy modules (torch, Textual) are imported inside the commands t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import re
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
 
-from gptui.core.errors import DamagedRun, GptuiError, InputError
+from gptui.core.errors import GptuiError, InputError
 from gptui.core.sampling import INFERENCE_DTYPES
 
 
@@ -214,121 +212,45 @@ def cmd_tui(args, workspace) -> int:
     return 0
 
 
-def _config_from_args(args):
-    from gptui.core.config import ConfigError, apply_overrides, check, parse_assignments, preset_config
-
-    try:
-        config = preset_config(args.preset or "tiny")
-        overrides = parse_assignments(args.sets)
-        if args.max_minutes is not None:
-            overrides["max_minutes"] = args.max_minutes
-        return check(apply_overrides(config, overrides)), overrides
-    except ConfigError as exc:
-        raise InputError("; ".join(exc.problems.values())) from None
-
-
-def _fine_tune_config_from_args(args, workspace):
-    """`train --init-from RUN`: RUN's model shape, the rest from --preset (or RUN's own settings), then --set;
-    a --set that changes the shape is refused by name. Checked here, before torch or torchrun start."""
-    from gptui.core.config import ConfigError, parse_assignments, preset_config
-    from gptui.core.finetune import fine_tune_config, fine_tune_source
-    from gptui.core.runs import RunStore
-
-    source = fine_tune_source(RunStore(workspace).resolve(args.init_from))
-    try:
-        base = preset_config(args.preset) if args.preset else None
-        overrides = parse_assignments(args.sets)
-        if args.max_minutes is not None:
-            overrides["max_minutes"] = args.max_minutes
-        return fine_tune_config(source, base, overrides), overrides
-    except ConfigError as exc:
-        raise InputError("; ".join(exc.problems.values())) from None
-
-
 LAUNCH_FLAGS = {"nnodes": "--nnodes", "node_rank": "--node-rank", "master_addr": "--master-addr",
                 "master_port": "--master-port", "rdzv_endpoint": "--rdzv-endpoint", "rdzv_timeout": "--rdzv-timeout"}
 
 
+def train_request(args):
+    """The TrainRequest `gptui train`'s flags ask for (gptui.core.launch.worker_argv writes them back)."""
+    from gptui.core.request import TrainRequest
+
+    return TrainRequest(
+        corpus=args.input, preset=args.preset, sets=tuple(args.sets), max_minutes=args.max_minutes,
+        resume=args.resume, init_from=args.init_from, name=args.name, replace_errors=args.replace_errors,
+        skip_bad_rows=args.skip_bad_rows, workers=args.workers,
+    )
+
+
 def cmd_train(args, workspace) -> int:
-    from gptui.core.config import ConfigError, parse_assignments
+    from gptui.core.request import resolve_request
 
     given = [flag for key, flag in LAUNCH_FLAGS.items() if getattr(args, key) is not None]
     if given and args.nproc_per_node is None:
         raise InputError(f"{given[0]} needs --nproc-per-node N (processes on this machine)")
-    if args.init_from is not None:
-        if args.resume:
-            raise InputError("--init-from cannot be combined with --resume (a fine-tune is a new run; resume it "
-                             "later by its own id)")
-        if not args.input:
-            raise InputError("--init-from needs --input NAME (the corpus in inputs/ to fine-tune on)")
-    if not args.input and not args.resume:
-        raise InputError("train needs --input NAME (a corpus in inputs/) or --resume RUN")
-    if args.resume:
-        if args.preset:
-            raise InputError("--preset cannot be combined with --resume (the run keeps its settings)")
-        try:
-            overrides = parse_assignments(args.sets)
-        except ConfigError as exc:
-            raise InputError("; ".join(exc.problems.values())) from None
-        if args.max_minutes is not None:
-            overrides["max_minutes"] = args.max_minutes
-        config = None
-    elif args.init_from is not None:
-        config, overrides = _fine_tune_config_from_args(args, workspace)
-    else:
-        config, overrides = _config_from_args(args)
-
+    plan = resolve_request(workspace, train_request(args))  # refused in one line, before torch or torchrun
     if args.nproc_per_node is not None:
-        return _launch(args, workspace, config, overrides)
+        return _launch(args, workspace, plan)
 
     from gptui.core.distributed import launched_by_torchrun
+    from gptui.core.launch import print_summary, run_job, train_rank
 
-    if launched_by_torchrun():
-        return _train_rank(args, workspace, config, overrides)
-    from gptui.core.trainer import TrainJob
-
+    if launched_by_torchrun():  # one rank of a job: it ends the process
+        train_rank(workspace, plan, lambda: ConsoleProgress(sys.stderr), debug=args.debug)
     progress = ConsoleProgress(sys.stderr)
-    job = TrainJob(
-        workspace, args.input, config, name=args.name, resume=args.resume, init_from=args.init_from,
-        overrides=overrides, on_event=progress, replace_errors=args.replace_errors,
-        skip_bad_rows=args.skip_bad_rows, workers=args.workers,
-    )
-    result = _run_job(job, progress)
-    _print_summary(result)
+    result = run_job(plan.job(workspace, on_event=progress), progress)
+    print_summary(result)
     return 0
 
 
-def _run_job(job, progress):
-    """Run a TrainJob with ctrl-c and SIGTERM turned into a clean stop (a second ctrl-c aborts)."""
-    interrupt = os.environ.get("GPTUI_INTERRUPT_REASON") or "interrupted (ctrl-c)"
-
-    def on_sigint(signum, frame):
-        if job.stopping:
-            raise KeyboardInterrupt
-        progress.message("stopping: evaluating and saving (ctrl-c again to abort)")
-        job.stop(interrupt)
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    signal.signal(signal.SIGTERM, lambda s, f: job.stop("terminated (SIGTERM)"))
-    try:
-        return job.run()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        progress.close()
-
-
-def _print_summary(result) -> None:
-    print(json.dumps({"run": result.run_id, "status": result.status, "reason": result.reason,
-                      "steps": result.step, "best_val_loss": result.best_val_loss,
-                      "best_val_bpb": result.best_val_bpb, "seconds": round(result.duration, 1),
-                      "tokens_per_sec": round(result.tokens_per_sec)}))
-
-
-def _launch(args, workspace, config, overrides) -> int:
+def _launch(args, workspace, plan) -> int:
     """`train --nproc-per-node N ...`: check everything that can be checked here, then start torchrun."""
-    from gptui.core.claim import claim_run
-    from gptui.core.launch import DEFAULT_RDZV_TIMEOUT, LaunchOptions, launch
-    from gptui.core.runs import CHECKPOINT, RunStore, check_files
+    from gptui.core.launch import DEFAULT_RDZV_TIMEOUT, LaunchOptions, check_launch, launch, worker_argv
 
     options = LaunchOptions(
         nproc_per_node=args.nproc_per_node, nnodes=1 if args.nnodes is None else args.nnodes,
@@ -336,120 +258,9 @@ def _launch(args, workspace, config, overrides) -> int:
         master_port=args.master_port, rdzv_endpoint=args.rdzv_endpoint,
         rdzv_timeout=DEFAULT_RDZV_TIMEOUT if args.rdzv_timeout is None else args.rdzv_timeout,
     ).check()
-    workspace.ensure()
-    if args.resume:
-        run = RunStore(workspace).resolve(args.resume)
-        with claim_run(run.path, run.id):  # refused here in one line when it trains; rank 0 claims it to keep
-            problem = check_files(run, rebuildable=False)
-        if problem:
-            raise DamagedRun(f"run {run.id} is damaged: {problem}")
-        if not run.file(CHECKPOINT).exists():
-            raise InputError(f"run {run.id} has no checkpoint to resume from")
-    else:
-        workspace.corpus_path(args.input)
-    worker = ["--home", str(workspace.home)] + (["--debug"] if args.debug else []) + ["train"]
-    for flag, value in (("--input", args.input), ("--preset", args.preset), ("--name", args.name),
-                        ("--resume", args.resume), ("--init-from", args.init_from)):
-        if value is not None:
-            worker += [flag, value]
-    for item in args.sets:
-        worker += ["--set", item]
-    if args.max_minutes is not None:
-        worker += ["--max-minutes", repr(args.max_minutes)]
-    if args.replace_errors:
-        worker.append("--replace-errors")
-    if args.skip_bad_rows:
-        worker.append("--skip-bad-rows")
-    if args.workers:
-        worker += ["--workers", str(args.workers)]
-    return launch(options, worker, _requested_device(workspace, args, config, overrides), debug=args.debug)
-
-
-def _train_rank(args, workspace, config, overrides) -> int:
-    """One process of a torchrun job: rank 0 reports like a single-process run; the others stay silent. A
-    failure is one line (under `gptui train --nproc-per-node`, the launcher prints it for the whole job).
-
-    The process ends with os._exit once its files and output are flushed: torch's gloo backend can abort
-    (SIGABRT, "terminate called without an active exception") in the interpreter's own teardown, which would
-    turn a finished rank into a failed one."""
-    code = _rank_job(args, workspace, config, overrides)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def _rank_job(args, workspace, config, overrides) -> int:
-    from gptui.core import events as ev
-    from gptui.core.distributed import PeerFailed, PeerLost, from_env, rank_prefix
-    from gptui.core.launch import LaunchDir
-    from gptui.core.trainer import TrainJob
-
-    folder = LaunchDir.from_env()
-    rank = int(os.environ["RANK"])
-    dist = job = None
-    try:
-        dist = from_env(_requested_device(workspace, args, config, overrides))
-        progress = ConsoleProgress(sys.stderr) if dist.is_main else _Silent()
-
-        def on_event(e) -> None:
-            progress(e)
-            if folder is not None and dist.is_main and isinstance(e, ev.Started):
-                folder.write_started(dataclasses.asdict(e))
-
-        job = TrainJob(workspace, args.input, config, name=args.name, resume=args.resume,
-                       init_from=args.init_from, overrides=overrides, on_event=on_event,
-                       replace_errors=args.replace_errors, dist=dist, skip_bad_rows=args.skip_bad_rows,
-                       workers=args.workers)
-        result = _run_job(job, progress)
-    except (Exception, KeyboardInterrupt) as exc:
-        if args.debug:
-            raise
-        if isinstance(exc, GptuiError):
-            message, code = str(exc), exc.exit_code
-        elif isinstance(exc, KeyboardInterrupt):
-            message, code = "interrupted", 130
-        else:
-            first = str(exc).strip().splitlines()
-            message, code = f"{type(exc).__name__}: {first[0] if first else ''}", 1
-        peer = isinstance(exc, (PeerFailed, PeerLost))
-        if folder is not None:
-            run = job.owned_run if job is not None and rank == 0 else None
-            folder.write_error(rank, message, code, peer, str(run.path) if run is not None else None)
-        elif not isinstance(exc, PeerFailed):
-            print(f"gptui: error: {rank_prefix()}{message}", file=sys.stderr)
-        return code
-    dist.close()
-    if dist.is_main:
-        _print_summary(result)
-    return 0
-
-
-def _requested_device(workspace, args, config, overrides) -> str:
-    """The device setting the job will train with: --set device=..., else the new config's, else the resumed
-    run's (which picks NCCL or gloo, and one GPU per rank)."""
-    if str(overrides.get("device", "")).strip():
-        return str(overrides["device"]).strip()
-    if config is not None:
-        return config.device
-    from gptui.core.runs import RunStore
-
-    try:
-        return str(RunStore(workspace).resolve(args.resume).read_config()["settings"]["device"])
-    except (GptuiError, OSError, ValueError, KeyError, TypeError):
-        return "auto"
-
-
-class _Silent:
-    """The progress of a rank other than 0: nothing to show."""
-
-    def __call__(self, e) -> None:
-        pass
-
-    def message(self, text: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+    check_launch(workspace, plan.request)
+    worker = worker_argv(workspace, plan.request, debug=args.debug)
+    return launch(options, worker, plan.device(workspace), debug=args.debug)
 
 
 class ConsoleProgress:

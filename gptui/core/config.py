@@ -39,6 +39,11 @@ class Setting:
     max: float | None = None
     choices: tuple[str, ...] | None = None
     min_exclusive: bool = False
+    # its categories (KINDS), each checked against what the code does in tests/unit/test_config.py
+    resumable: bool = False  # may change when a run resumes: schedule, evaluation, hardware, tracking
+    shape: bool = False  # gives the weights their shapes or what they compute; a fine-tune keeps it
+    tokenizer: bool = False  # decides the tokens a corpus is cut into (a prepared cache's key); a fine-tune keeps it
+    export: bool = False  # an export class constrains its value (gptui.core.export.classes)
 
     def parse(self, raw: Any) -> Any:
         """Turn a string (or JSON value) into this setting's type, or raise ValueError with a readable reason."""
@@ -153,41 +158,49 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 
-def _s(name, type_, default, group, help_, **kw) -> Setting:
-    return Setting(name, type_, default, group, help_, **kw)
+def _s(name, type_, default, group, help_, kinds: str = "", **kw) -> Setting:
+    return Setting(name, type_, default, group, help_, **kw, **{kind: True for kind in kinds.split()})
 
 
 SETTINGS: tuple[Setting, ...] = (
     # model
-    _s("n_layer", int, 4, "model", "Transformer blocks stacked in the model.", min=1, max=128),
-    _s("n_head", int, 4, "model", "Attention heads per block; must divide n_embd.", min=1, max=128),
-    _s("n_embd", int, 192, "model", "Width of the residual stream (embedding size).", min=4, max=16384),
-    _s("block_size", int, 128, "model", "Context length in tokens the model sees at once.", min=2, max=32768),
+    _s("n_layer", int, 4, "model", "Transformer blocks stacked in the model.", min=1, max=128, kinds="shape"),
+    _s("n_head", int, 4, "model", "Attention heads per block; must divide n_embd.", min=1, max=128,
+       kinds="shape"),
+    _s("n_embd", int, 192, "model", "Width of the residual stream (embedding size).", min=4, max=16384,
+       kinds="shape"),
+    _s("block_size", int, 128, "model", "Context length in tokens the model sees at once.", min=2, max=32768,
+       kinds="shape"),
     _s("dropout", float, 0.0, "model", "Dropout probability during training (0 turns it off).", min=0.0, max=0.9),
-    _s("bias", bool, False, "model", "Use bias terms in Linear and LayerNorm layers.", choices=None),
-    _s("mlp_ratio", int, 4, "model", "MLP hidden width as a multiple of n_embd (the old fwd_expansion).", min=1, max=16),
+    _s("bias", bool, False, "model", "Use bias terms in Linear and LayerNorm layers.", choices=None,
+       kinds="shape export"),
+    _s("mlp_ratio", int, 4, "model", "MLP hidden width as a multiple of n_embd (the old fwd_expansion).", min=1, max=16,
+       kinds="shape"),
     _s("pos_embedding", str, "learned", "model", "Learned position table (GPT-2) or rope (rotary, even head size).",
-       choices=("learned", "rope")),
+       choices=("learned", "rope"), kinds="shape export"),
     _s("norm", str, "layernorm", "model", "layernorm (GPT-2) or rmsnorm (a gain only, no bias).",
-       choices=("layernorm", "rmsnorm")),
-    _s("qk_norm", bool, False, "model", "Normalise queries and keys (RMS, per head) before attention."),
+       choices=("layernorm", "rmsnorm"), kinds="shape export"),
+    _s("qk_norm", bool, False, "model", "Normalise queries and keys (RMS, per head) before attention.",
+       kinds="shape export"),
     _s("mlp", str, "gelu", "model", "gelu (GPT-2), relu2 (ReLU²) or swiglu (2/3 as wide, rounded up to 8).",
-       choices=("gelu", "relu2", "swiglu")),
-    _s("tie_embeddings", bool, True, "model", "Share the token embedding with the output head (GPT-2)."),
+       choices=("gelu", "relu2", "swiglu"), kinds="shape export"),
+    _s("tie_embeddings", bool, True, "model", "Share the token embedding with the output head (GPT-2).",
+       kinds="shape"),
     _s("logit_softcap", float, 0.0, "model", "Soft-cap the logits at this value with tanh (0 turns it off).",
-       min=0.0, max=1000.0),
-    _s("embed_norm", bool, False, "model", "Normalise the token embedding (RMS, no gain) before the first block."),
+       min=0.0, max=1000.0, kinds="shape export"),
+    _s("embed_norm", bool, False, "model", "Normalise the token embedding (RMS, no gain) before the first block.",
+       kinds="shape export"),
     # data and tokenizer
     _s("tokenizer", str, "bpe", "data", "bpe: byte-level BPE; char: one token per character (the lecture's).",
-       choices=("bpe", "char")),
+       choices=("bpe", "char"), kinds="tokenizer"),
     _s("vocab_size", int, 512, "data", "BPE vocabulary size (256 bytes + merges); ignored for char.",
-       min=257, max=MAX_VOCAB),
+       min=257, max=MAX_VOCAB, kinds="tokenizer"),
     _s("split_pattern", str, "gpt4", "data", "Regex that splits text before BPE merges: GPT-4's or GPT-2's.",
-       choices=("gpt4", "gpt2")),
+       choices=("gpt4", "gpt2"), kinds="tokenizer"),
     _s("text_field", str, "text", "data", "The field (JSON Lines) or column (Parquet) that holds each document."),
     _s("tokenizer_sample_mb", float, 256.0, "data",
        "Megabytes of the corpus the BPE tokenizer learns from, spread over it (a smaller corpus: all of it).",
-       min=1.0, max=1e6),
+       min=1.0, max=1e6, kinds="tokenizer"),
     # optimisation
     _s("batch_size", int, 32, "optim", "Sequences per micro-batch.", min=1, max=8192),
     _s("grad_accum", int, 1, "optim", "Micro-batches accumulated per optimizer step.", min=1, max=1024),
@@ -205,32 +218,47 @@ SETTINGS: tuple[Setting, ...] = (
        min=0.0, max=10.0, min_exclusive=True),
     _s("muon_momentum", float, 0.95, "optim", "Muon's momentum (Nesterov).", min=0.0, max=0.999999),
     # schedule and evaluation
-    _s("max_iters", int, 1000, "schedule", "Optimizer steps to train for.", min=1, max=100_000_000),
+    _s("max_iters", int, 1000, "schedule", "Optimizer steps to train for.", min=1, max=100_000_000,
+       kinds="resumable"),
     _s("eval_interval", int, 100, "schedule", "Evaluate train and val loss every this many steps.",
-       min=1, max=100_000_000),
-    _s("eval_iters", int, 20, "schedule", "Batches averaged per evaluation.", min=1, max=100_000),
+       min=1, max=100_000_000, kinds="resumable"),
+    _s("eval_iters", int, 20, "schedule", "Batches averaged per evaluation.", min=1, max=100_000,
+       kinds="resumable"),
     _s("sample_interval", int, 250, "schedule", "Generate a sample every this many steps (0: never).",
-       min=0, max=100_000_000),
-    _s("sample_tokens", int, 200, "schedule", "Tokens per training sample.", min=1, max=100_000),
+       min=0, max=100_000_000, kinds="resumable"),
+    _s("sample_tokens", int, 200, "schedule", "Tokens per training sample.", min=1, max=100_000,
+       kinds="resumable"),
     _s("patience", int, 0, "schedule", "Stop after this many evaluations without improvement (0: never).",
-       min=0, max=100_000),
+       min=0, max=100_000, kinds="resumable"),
     _s("max_minutes", float, 0.0, "schedule", "Stop after this many minutes of training (0: no limit).",
-       min=0.0, max=1e7),
+       min=0.0, max=1e7, kinds="resumable"),
     # hardware
-    _s("device", str, "auto", "hardware", "auto picks CUDA, then MPS, then CPU.", choices=("auto", "cpu", "cuda", "mps")),
+    _s("device", str, "auto", "hardware", "auto picks CUDA, then MPS, then CPU.", choices=("auto", "cpu", "cuda", "mps"),
+       kinds="resumable"),
     _s("dtype", str, "auto", "hardware", "auto: bfloat16 autocast where the hardware has it, else float32.",
-       choices=("auto", "float32", "bfloat16", "float16")),
-    _s("compile", bool, False, "hardware", "torch.compile the model (falls back to eager if it fails)."),
+       choices=("auto", "float32", "bfloat16", "float16"), kinds="resumable"),
+    _s("compile", bool, False, "hardware", "torch.compile the model (falls back to eager if it fails).",
+       kinds="resumable"),
     _s("seed", int, 1337, "hardware", "Random seed for initialisation, batches and dropout.", min=0, max=2**32 - 1),
     # experiment trackers (gptui.core.trackers), on the main process only
     _s("trackers", str, "none", "track", "Also log the run to TensorBoard, W&B or both (W&B offline unless logged in).",
-       choices=("none", "tensorboard", "wandb", "tensorboard,wandb")),
-    _s("tracker_project", str, "gptui", "track", "W&B project the run is logged to."),
+       choices=("none", "tensorboard", "wandb", "tensorboard,wandb"), kinds="resumable"),
+    _s("tracker_project", str, "gptui", "track", "W&B project the run is logged to.", kinds="resumable"),
 )
 
 TRACKER_PROJECT_FORBIDDEN = '/\\#?%:'  # W&B refuses these in a project name
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+KINDS = ("resumable", "shape", "tokenizer", "export")  # the categories a Setting carries
+
+
+def settings_in(*kinds: str) -> tuple[str, ...]:
+    """The names of the settings in any of these categories (KINDS), in SETTINGS' order."""
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"no setting category {sorted(unknown)[0]!r} (choose from {', '.join(KINDS)})")
+    return tuple(s.name for s in SETTINGS if any(getattr(s, kind) for kind in kinds))
+
 
 Config = dataclasses.make_dataclass(
     "Config",
@@ -239,6 +267,7 @@ Config = dataclasses.make_dataclass(
 )
 
 
+DEFAULT_PRESET = "tiny"  # what a new run starts from when no preset is named
 PRESETS: dict[str, dict[str, Any]] = {
     # Learns readable text on a laptop CPU in a few minutes: the modern recipe (rotary positions, RMSNorm, QK-norm,
     # ReLU², untied head, soft-capped logits, Muon) with nanochat's RMS norm of the token embedding, and BPE 2048,

@@ -251,6 +251,14 @@ def _first_line(exc: BaseException) -> str:
     return line.split(". ", 1)[0].rstrip(".")[:200]
 
 
+def torchrun_rank() -> int:
+    """This process's rank in a torchrun job (0 outside one)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 def rank_prefix() -> str:
     """'rank N: ' inside a torchrun job (for messages a rank prints itself), '' otherwise."""
     return f"rank {os.environ['RANK']}: " if launched_by_torchrun() and os.environ.get("WORLD_SIZE") != "1" else ""

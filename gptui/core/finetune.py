@@ -1,8 +1,8 @@
 """Fine-tuning: a new run that starts from another run's best weights and tokenizer, on another corpus.
 
-The source run fixes every setting that gives its weights their shapes or their meaning (`MODEL_SHAPE`: the
-architecture and the tokenizer); the others (dropout, optimisation, schedule, evaluation, hardware) belong to
-the new run, whose optimizer and schedule start afresh at step 0. Nothing here imports torch: the command line
+The source run fixes every setting that gives its weights their shapes or their meaning (`KEPT_SETTINGS`: those
+declared `shape` or `tokenizer` in `SETTINGS`); the others (dropout, optimisation, schedule, evaluation, hardware)
+belong to the new run, whose optimizer and schedule start afresh at step 0. Nothing here imports torch: the command line
 and the TUI check a request with it before anything heavy loads.
 """
 
@@ -12,15 +12,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from gptui.core.config import Config, ConfigError, apply_overrides, check, config_from_dict
+from gptui.core.config import Config, ConfigError, apply_overrides, check, config_from_dict, settings_in
 from gptui.core.errors import DamagedRun, InputError
 from gptui.core.runs import TOKENIZER, WEIGHTS, Run, require_sound
 
-# Settings that change the weights' shapes or what they mean; `dropout` is not one of them.
-MODEL_SHAPE: tuple[str, ...] = (
-    "n_layer", "n_head", "n_embd", "block_size", "bias", "mlp_ratio", "pos_embedding", "norm", "qk_norm", "mlp",
-    "tie_embeddings", "logit_softcap", "embed_norm", "tokenizer", "vocab_size", "split_pattern",
-)
+KEPT_SETTINGS = settings_in("shape", "tokenizer")  # what the source run's weights and tokenizer.json fix
 
 
 @dataclass(frozen=True)
@@ -68,7 +64,7 @@ def fine_tune_source(run: Run) -> FineTuneSource:
 
 def shape_changes(config: Config, source: Config) -> list[str]:
     """The model-shape settings in which `config` differs from the source run's."""
-    return [name for name in MODEL_SHAPE if getattr(config, name) != getattr(source, name)]
+    return [name for name in KEPT_SETTINGS if getattr(config, name) != getattr(source, name)]
 
 
 def refuse_shape_changes(config: Config, source: FineTuneSource) -> None:
@@ -84,7 +80,7 @@ def fine_tune_config(source: FineTuneSource, base: Config | None = None,
     """The settings of a fine-tune of `source`: `base`'s (a preset's; the source run's own when None) with the
     source's model shape, then `overrides` (`--set`), of which any that changes the shape is refused by name."""
     start = source.config if base is None else dataclasses.replace(
-        base, **{name: getattr(source.config, name) for name in MODEL_SHAPE})
+        base, **{name: getattr(source.config, name) for name in KEPT_SETTINGS})
     config = apply_overrides(start, overrides or {})
     refuse_shape_changes(config, source)
     return check(config)

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from gptui.core import events as ev
-from gptui.core.config import Config, config_to_dict
-from gptui.core.launch import LAUNCH_DIR_VARIABLE, LaunchDir
+from gptui.core.launch import LAUNCH_DIR_VARIABLE, LaunchDir, worker_argv
+from gptui.core.request import TrainRequest
 from gptui.core.runs import LOG, METRICS, Run
 from gptui.core.workspace import Workspace
 
@@ -122,28 +122,18 @@ class TrainProcess:
     followed through its files. `stop()` interrupts the launcher, which stops every rank at the same step;
     rank 0 saves the checkpoint."""
 
-    def __init__(self, workspace: Workspace, *, corpus: str | None, config: Config | None, resume: str | None,
-                 processes: int, init_from: str | None = None):
+    def __init__(self, workspace: Workspace, request: TrainRequest, processes: int):
         self.workspace = workspace
         self.folder = Path(tempfile.mkdtemp(prefix="gptui-launch-"))
         self.launch = LaunchDir(self.folder)
-        self.resume = resume
+        self.resume = request.resume
         self._log_offset = 0
-        argv = [sys.executable, "-m", "gptui", "--home", str(workspace.home), "train"]
-        if resume:
-            argv += ["--resume", resume]
+        if request.resume:
             with contextlib.suppress(OSError):
                 from gptui.core.runs import RunStore
 
-                self._log_offset = RunStore(workspace).resolve(resume).file(LOG).stat().st_size
-        else:
-            argv += ["--input", corpus or ""]
-            if init_from:  # a fine-tune: the settings below keep the run's shape, so none is refused
-                argv += ["--init-from", init_from]
-            settings = config_to_dict(config) if config is not None else {}
-            for key, value in settings.items():
-                argv += ["--set", f"{key}={value}"]
-        argv += ["--nproc-per-node", str(processes)]
+                self._log_offset = RunStore(workspace).resolve(request.resume).file(LOG).stat().st_size
+        argv = [sys.executable, "-m", "gptui", *worker_argv(workspace, request), "--nproc-per-node", str(processes)]
         env = {**os.environ, LAUNCH_DIR_VARIABLE: str(self.folder), "GPTUI_INTERRUPT_REASON": "stopped by user"}
         budget = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
         env["OMP_NUM_THREADS"] = str(max(1, budget // processes))  # the app's CPU budget, shared out

@@ -7,6 +7,10 @@ machine, which find each other through RANK, WORLD_SIZE and LOCAL_RANK (see gptu
 torchrun as a function rather than as a program lets the launcher turn its outcomes (a rank that died, a
 rendezvous that timed out, a port in use) into one line and an exit status, and record a failure in the run.
 
+Each process's life is here too: `worker_argv` is the one command line of a training process (torchrun starts it
+on every rank; the Train tab starts it with `--nproc-per-node N` to launch them), `train_rank` is what one rank
+does, and `run_job` turns ctrl-c and SIGTERM into a clean stop, on one process or many.
+
 The launch folder (`$GPTUI_LAUNCH_DIR`) carries what the processes tell their launcher: rank 0 writes
 `started.json` (the run it trains) when training starts; a rank that fails writes `error-<rank>.json` with its
 one-line reason. The TUI uses the same folder to find the run it follows.
@@ -17,7 +21,9 @@ This module does not import torch until a launch starts.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import json
 import logging
 import math
 import os
@@ -27,13 +33,21 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
-from gptui.core.errors import GptuiError, InputError
+from gptui.core import events as ev
+from gptui.core.claim import claim_run
+from gptui.core.errors import DamagedRun, GptuiError, InputError
 from gptui.core.fsio import atomic_write_json, read_json
-from gptui.core.runs import CHECKPOINT, Run
+from gptui.core.request import TrainPlan, TrainRequest
+from gptui.core.runs import CHECKPOINT, Run, RunStore, check_files
+from gptui.core.workspace import Workspace
+
+if TYPE_CHECKING:
+    from gptui.core.trainer import TrainJob
 
 LAUNCH_DIR_VARIABLE = "GPTUI_LAUNCH_DIR"
 DEFAULT_RDZV_TIMEOUT = 300.0  # seconds a machine waits for the others to join before giving up
@@ -343,3 +357,149 @@ def _record_failure(run: Run, reason: str) -> str:
     if run.file(CHECKPOINT).exists():
         return f"; run {run.id} is marked failed and resumes from its last checkpoint (--resume {run.id})"
     return f"; run {run.id} is marked failed"
+
+
+# --- a training process's life --------------------------------------------------------------------------------
+
+
+def worker_argv(workspace: Workspace, request: TrainRequest, *, debug: bool = False) -> list[str]:
+    """gptui's own arguments for a process that trains `request` (`--home H train ...`): what torchrun starts on
+    each rank, and (with `--nproc-per-node N` added) what the Train tab starts to launch them."""
+    r = request
+    argv = ["--home", str(workspace.home)] + (["--debug"] if debug else []) + ["train"]
+    for flag, value in (("--input", r.corpus), ("--preset", r.preset), ("--name", r.name), ("--resume", r.resume),
+                        ("--init-from", r.init_from)):
+        if value is not None:
+            argv += [flag, value]
+    for item in r.sets:
+        argv += ["--set", item]
+    if r.max_minutes is not None:
+        argv += ["--max-minutes", repr(r.max_minutes)]
+    if r.replace_errors:
+        argv.append("--replace-errors")
+    if r.skip_bad_rows:
+        argv.append("--skip-bad-rows")
+    if r.workers:
+        argv += ["--workers", str(r.workers)]
+    return argv
+
+
+def check_launch(workspace: Workspace, request: TrainRequest) -> None:
+    """Refuse here, in one line, what every rank would refuse after torchrun started them: a resumed run that
+    trains elsewhere, is damaged or has no checkpoint; a corpus that is not there."""
+    workspace.ensure()
+    if request.resume:
+        run = RunStore(workspace).resolve(request.resume)
+        with claim_run(run.path, run.id):  # refused here in one line when it trains; rank 0 claims it to keep
+            problem = check_files(run, rebuildable=False)
+        if problem:
+            raise DamagedRun(f"run {run.id} is damaged: {problem}")
+        if not run.file(CHECKPOINT).exists():
+            raise InputError(f"run {run.id} has no checkpoint to resume from")
+    else:
+        workspace.corpus_path(request.corpus or "")
+
+
+class Progress(Protocol):
+    """What shows a job's progress: called with each event; `message` prints a line; `close` at the end."""
+
+    def __call__(self, event: ev.Event) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Silent:
+    """The progress of a rank other than 0: nothing to show."""
+
+    def __call__(self, event: ev.Event) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def run_job(job: TrainJob, progress: Progress) -> ev.Finished:
+    """Run a TrainJob with ctrl-c and SIGTERM turned into a clean stop (a second ctrl-c aborts)."""
+    interrupt = os.environ.get("GPTUI_INTERRUPT_REASON") or "interrupted (ctrl-c)"
+
+    def on_sigint(signum, frame):
+        if job.stopping:
+            raise KeyboardInterrupt
+        progress.message("stopping: evaluating and saving (ctrl-c again to abort)")
+        job.stop(interrupt)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGTERM, lambda s, f: job.stop("terminated (SIGTERM)"))
+    try:
+        return job.run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        progress.close()
+
+
+def print_summary(result: ev.Finished) -> None:
+    """The job's last line on stdout, one JSON object (the Train tab reads it back from its launcher)."""
+    print(json.dumps({"run": result.run_id, "status": result.status, "reason": result.reason,
+                      "steps": result.step, "best_val_loss": result.best_val_loss,
+                      "best_val_bpb": result.best_val_bpb, "seconds": round(result.duration, 1),
+                      "tokens_per_sec": round(result.tokens_per_sec)}))
+
+
+def train_rank(workspace: Workspace, plan: TrainPlan, progress: Callable[[], Progress], *,
+               debug: bool = False) -> NoReturn:
+    """One process of a torchrun job: rank 0 shows `progress()` and prints the summary like a single-process
+    run; the others stay silent. A failure is one line (under `gptui train --nproc-per-node`, the launcher
+    prints it for the whole job).
+
+    The process ends with os._exit once its files and output are flushed: torch's gloo backend can abort
+    (SIGABRT, "terminate called without an active exception") in the interpreter's own teardown, which would
+    turn a finished rank into a failed one."""
+    code = _rank_job(workspace, plan, progress, debug)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _rank_job(workspace: Workspace, plan: TrainPlan, progress: Callable[[], Progress], debug: bool) -> int:
+    from gptui.core.distributed import PeerFailed, PeerLost, from_env, rank_prefix, torchrun_rank
+
+    folder = LaunchDir.from_env()
+    rank = torchrun_rank()
+    dist = job = None
+    try:
+        dist = from_env(plan.device(workspace))
+        shown = progress() if dist.is_main else Silent()
+
+        def on_event(e: ev.Event) -> None:
+            shown(e)
+            if folder is not None and dist.is_main and isinstance(e, ev.Started):
+                folder.write_started(dataclasses.asdict(e))
+
+        job = plan.job(workspace, on_event=on_event, dist=dist)
+        result = run_job(job, shown)
+    except (Exception, KeyboardInterrupt) as exc:
+        if debug:
+            raise
+        if isinstance(exc, GptuiError):
+            message, code = str(exc), exc.exit_code
+        elif isinstance(exc, KeyboardInterrupt):
+            message, code = "interrupted", 130
+        else:
+            first = str(exc).strip().splitlines()
+            message, code = f"{type(exc).__name__}: {first[0] if first else ''}", 1
+        peer = isinstance(exc, (PeerFailed, PeerLost))
+        if folder is not None:
+            run = job.owned_run if job is not None and rank == 0 else None
+            folder.write_error(rank, message, code, peer, str(run.path) if run is not None else None)
+        elif not isinstance(exc, PeerFailed):
+            print(f"gptui: error: {rank_prefix()}{message}", file=sys.stderr)
+        return code
+    dist.close()
+    if dist.is_main:
+        print_summary(result)
+    return 0

@@ -29,6 +29,7 @@ import gptui
 from gptui.core import events as ev
 from gptui.core.claim import RunClaim, claim_run
 from gptui.core.config import (
+    SETTINGS_BY_NAME,
     Config,
     apply_overrides,
     check,
@@ -72,10 +73,6 @@ FIT_SKIP_STEPS = 2
 FIT_STEPS = 8
 BUDGET_MARGIN = 0.97  # of the time left: samples and checkpoints are not estimated
 step_clock = time.perf_counter  # what the fit times steps with (tests put a fake clock here)
-RESUMABLE_SETTINGS = {
-    "max_iters", "eval_interval", "eval_iters", "sample_interval", "sample_tokens", "patience", "max_minutes",
-    "device", "dtype", "compile", "trackers", "tracker_project",
-}
 
 Listener = Callable[[ev.Event], None]
 
@@ -247,7 +244,7 @@ class TrainJob:
             config = config_from_dict(saved["settings"])
             updated = check(apply_overrides(config, self.overrides))
             changed = {k for k in self.overrides if getattr(updated, k) != getattr(config, k)}
-            fixed = sorted(changed - RESUMABLE_SETTINGS)
+            fixed = sorted(k for k in changed if not SETTINGS_BY_NAME[k].resumable)
             if fixed:
                 raise InputError(f"cannot change {', '.join(fixed)} when resuming (only schedule and hardware)")
             config = updated

@@ -39,7 +39,7 @@ def test_the_ui_never_imports_torch_itself(path):
 
 
 TORCH_FREE_ENGINE = ["config", "data", "errors", "events", "finetune", "fsio", "runs", "sampling", "tokenizer",
-                     "workspace", "follow", "launch", "vocabulary"]
+                     "workspace", "follow", "launch", "vocabulary", "request"]
 
 
 @pytest.mark.parametrize("name", TORCH_FREE_ENGINE)

@@ -83,10 +83,10 @@ def test_tokenizer_choice_is_shared_and_prepare_fills_the_cache(home: Path) -> N
             corpus.query_one("#corpus-set-tokenizer", SettingField).query_one(Select).value = "char"
             await pilot.pause()
             assert app.model_tab.field("tokenizer").raw == "char"  # mirrored into the Model form
-            app.model_tab.set_values({"tokenizer": "bpe", "vocab_size": 300})
+            app.model_tab.set_values({"tokenizer": "bpe", "vocab_size": 300, "tokenizer_sample_mb": 8})
             await pilot.pause()
             assert corpus.tokenizer_values() == {"tokenizer": "bpe", "vocab_size": "300", "split_pattern": "gpt4",
-                                                 "text_field": "text"}
+                                                 "text_field": "text", "tokenizer_sample_mb": "8"}
 
             await pilot.click("#prepare")
             table = app.query_one("#corpus-table", DataTable)

@@ -16,7 +16,7 @@ from gptui.core import events as ev
 from gptui.core.config import preset_config
 from gptui.core.data import cache_dir, sha256_file, tokenizer_key
 from gptui.core.errors import CorpusError, InputError, RunNotFound
-from gptui.core.finetune import MODEL_SHAPE, fine_tune_config, fine_tune_source
+from gptui.core.finetune import KEPT_SETTINGS, fine_tune_config, fine_tune_source
 from gptui.core.runs import RunStore
 from gptui.core.trainer import TrainJob
 
@@ -54,7 +54,7 @@ def test_a_fine_tune_starts_from_the_source_weights_with_a_fresh_optimizer(works
     source_settings = run_copy.read_config()["settings"]
     assert config["init_from"] == run_copy.id
     assert config["corpus"] == "other" and config["corpus_sha256"] == sha256_file(other)
-    assert all(config["settings"][k] == source_settings[k] for k in MODEL_SHAPE)
+    assert all(config["settings"][k] == source_settings[k] for k in KEPT_SETTINGS)
     assert config["settings"]["lr"] == 1e-12 and config["settings"]["max_iters"] == 2
     assert run.file("tokenizer.json").read_bytes() == run_copy.file("tokenizer.json").read_bytes()
 
@@ -217,7 +217,7 @@ def test_fine_tune_settings_come_from_the_source_or_a_preset_with_the_source_sha
     assert own == source.config
     lecture = preset_config("lecture")
     mixed = fine_tune_config(source, lecture, {"max_iters": "7"})
-    assert all(getattr(mixed, k) == getattr(source.config, k) for k in MODEL_SHAPE)
+    assert all(getattr(mixed, k) == getattr(source.config, k) for k in KEPT_SETTINGS)
     assert mixed.lr == lecture.lr and mixed.dropout == lecture.dropout and mixed.max_iters == 7
     with pytest.raises(InputError, match="cannot change block_size"):
         fine_tune_config(source, lecture, {"block_size": "64"})

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from gptui.core.config import SETTINGS_BY_NAME
 from gptui.core.errors import DamagedRun, InputError
 
 NORM_EPS = 1e-5  # model.LayerNorm's and model.RMSNorm's, and the embedding norm's
@@ -38,33 +39,39 @@ ROPE_THETA = 10000.0  # model.Rotary's base
 @dataclass(frozen=True)
 class HfClass:
     """A transformers class and the recipes it computes: `needs` maps a setting to the values it can take, the first
-    being the one a refusal suggests; settings not named may take any value."""
+    being the one a refusal suggests; settings not named may take any value. Only settings declared `export` in
+    SETTINGS may be named, so the declaration says which settings decide whether a run exports."""
 
     name: str
     model_type: str
     needs: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     llama_cpp: bool = False  # convert_hf_to_gguf.py reads it
 
+    def __post_init__(self) -> None:
+        undeclared = [name for name in self.needs if not SETTINGS_BY_NAME[name].export]
+        if undeclared:
+            raise ValueError(f"{self.name} constrains {', '.join(undeclared)}, not declared export in SETTINGS")
+
     def in_the_way(self, config) -> list[str]:
         """The settings of `config` whose values this class cannot compute (empty when it computes the recipe)."""
         return [name for name, values in self.needs.items() if getattr(config, name) not in values]
 
 
-_ROPE = {"pos_embedding": ("rope",), "norm": ("rmsnorm",)}
 GPT2 = HfClass("GPT2LMHeadModel", "gpt2", {
     "pos_embedding": ("learned",), "norm": ("layernorm",), "qk_norm": (False,), "mlp": ("gelu",),
     "logit_softcap": (0.0,), "embed_norm": (False,),
 }, llama_cpp=True)
 QWEN3 = HfClass("Qwen3ForCausalLM", "qwen3", {
-    **_ROPE, "qk_norm": (True,), "mlp": ("swiglu",), "logit_softcap": (0.0,), "embed_norm": (False,),
-    "bias": (False,),  # Qwen3's MLP has no biases
+    "pos_embedding": ("rope",), "norm": ("rmsnorm",), "qk_norm": (True,), "mlp": ("swiglu",),
+    "logit_softcap": (0.0,), "embed_norm": (False,), "bias": (False,),  # Qwen3's MLP has no biases
 }, llama_cpp=True)
 LLAMA = HfClass("LlamaForCausalLM", "llama", {
-    **_ROPE, "qk_norm": (False,), "mlp": ("swiglu",), "logit_softcap": (0.0,), "embed_norm": (False,),
+    "pos_embedding": ("rope",), "norm": ("rmsnorm",), "qk_norm": (False,), "mlp": ("swiglu",),
+    "logit_softcap": (0.0,), "embed_norm": (False,),
 }, llama_cpp=True)
 NANOCHAT = HfClass("NanoChatForCausalLM", "nanochat", {
-    **_ROPE, "qk_norm": (True,), "mlp": ("relu2", "gelu"), "embed_norm": (True,),
-    "bias": (False,),  # NanoChat's MLP has no biases
+    "pos_embedding": ("rope",), "norm": ("rmsnorm",), "qk_norm": (True,), "mlp": ("relu2", "gelu"),
+    "embed_norm": (True,), "bias": (False,),  # NanoChat's MLP has no biases
 })
 # in the order a refusal prefers them when two are equally near
 CLASSES: tuple[HfClass, ...] = (GPT2, QWEN3, LLAMA, NANOCHAT)

@@ -16,14 +16,15 @@ from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Static
 from textual.worker import get_current_worker
 
-from gptui.core.config import SETTINGS_BY_NAME
+from gptui.core.config import SETTINGS, SETTINGS_BY_NAME
 from gptui.core.corpus import KIND_NAMES
 from gptui.core.errors import GptuiError
 from gptui.core.workspace import SAMPLE_CORPUS, CorpusInfo, Workspace
 from gptui.tui.formatting import human_bytes
 from gptui.tui.widgets.setting_field import SettingField
 
-TOKENIZER_SETTINGS = ("tokenizer", "vocab_size", "split_pattern", "text_field")
+# the "Data and tokenizer" group: everything preparing a corpus reads (where its text is, how it is cut into tokens)
+TOKENIZER_SETTINGS = tuple(s.name for s in SETTINGS if s.group == "data")
 PREVIEW_BYTES = 6000
 
 

@@ -13,6 +13,7 @@ from textual.message import Message
 from textual.widgets import Label, Select, Static
 
 from gptui.core.config import (
+    DEFAULT_PRESET,
     GROUPS,
     PRESETS,
     SETTINGS,
@@ -28,8 +29,6 @@ from gptui.core.config import (
 )
 from gptui.tui.formatting import human_bytes, human_number
 from gptui.tui.widgets.setting_field import SettingField
-
-DEFAULT_PRESET = "tiny"
 
 
 class ModelTab(Vertical):

@@ -23,7 +23,8 @@ from textual.worker import Worker, WorkerState
 from gptui.core import events as ev
 from gptui.core.config import Config, estimate_params, tokens_per_step
 from gptui.core.errors import DamagedRun, GptuiError, RunBusy
-from gptui.core.finetune import MODEL_SHAPE
+from gptui.core.finetune import KEPT_SETTINGS
+from gptui.core.request import TrainRequest, resolve_request
 from gptui.core.runs import Run
 from gptui.core.workspace import Workspace
 from gptui.tui.formatting import human_duration, human_number, loss_text, memory_text
@@ -188,7 +189,7 @@ class TrainTab(Vertical):
             reasons = "; ".join(self.problems.values()) or "the settings are incomplete"
             return f"Fix the Model tab first: {reasons}"
         if self.fine_tune_run:
-            changed = [f"{name} to {self._fine_tune_settings[name]}" for name in MODEL_SHAPE
+            changed = [f"{name} to {self._fine_tune_settings[name]}" for name in KEPT_SETTINGS
                        if name in self._fine_tune_settings
                        and getattr(self.config, name) != self._fine_tune_settings[name]]
             if changed:
@@ -220,7 +221,7 @@ class TrainTab(Vertical):
         if blocked:
             self.notify(blocked, severity="error", title="Cannot start")
             return
-        self._launch(self.corpus, self.config, None, self.fine_tune_run)
+        self._launch(TrainRequest.with_settings(self.corpus, self.config, init_from=self.fine_tune_run))
 
     def action_resume(self) -> None:
         if self.running:
@@ -233,7 +234,7 @@ class TrainTab(Vertical):
             self.notify(f"processes must be a whole number from 1 to {MAX_PROCESSES}.", severity="error",
                         title="Cannot resume")
             return
-        self._launch(None, None, self.resume_run)
+        self._launch(TrainRequest(resume=self.resume_run))
 
     def action_stop(self) -> None:
         if not self.running:
@@ -257,8 +258,7 @@ class TrainTab(Vertical):
         if self._worker is not None:
             await self._worker.wait()
 
-    def _launch(self, corpus: str | None, config: Config | None, resume: str | None,
-                init_from: str | None = None) -> None:
+    def _launch(self, request: TrainRequest) -> None:
         self._stop_requested = False
         self._job = self._process = None
         self.run_id = None
@@ -272,40 +272,36 @@ class TrainTab(Vertical):
         processes = self.processes or 1
         if processes > 1:
             self._set_status(f"starting {processes} processes…")
-            self._worker = self._train_processes(corpus, config, resume, processes, init_from)
+            self._worker = self._train_processes(request, processes)
         else:
             self._set_status("loading the engine…")
-            self._worker = self._train(corpus, config, resume, init_from)
+            self._worker = self._train(request)
         self._sync_buttons()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="train")
-    def _train(self, corpus: str | None, config: Config | None, resume: str | None, init_from: str | None) -> None:
-        # Imported here: this is where torch gets loaded, long after the first frame.
-        from gptui.core.trainer import TrainJob
-
-        job = TrainJob(self.workspace, corpus, config, resume=resume, init_from=init_from,
-                       on_event=lambda e: self.post_message(self.EngineEvent(e)))
-        self._job = job
-        if self._stop_requested:  # Stop (or quit) came while torch was loading
-            job.stop("stopped by user")
+    def _train(self, request: TrainRequest) -> None:
         try:
+            plan = resolve_request(self.workspace, request)
+            # the plan's job imports torch: here, in the worker, long after the first frame
+            job = plan.job(self.workspace, on_event=lambda e: self.post_message(self.EngineEvent(e)))
+            self._job = job
+            if self._stop_requested:  # Stop (or quit) came while torch was loading
+                job.stop("stopped by user")
             job.run()
         except (RunBusy, DamagedRun) as exc:  # refused before training: another writer, or a broken run
-            self.post_message(self.Failed(str(exc), "Cannot resume" if resume else "Cannot start"))
+            self.post_message(self.Failed(str(exc), "Cannot resume" if request.resume else "Cannot start"))
         except GptuiError as exc:
             self.post_message(self.Failed(str(exc)))
         except Exception as exc:  # never a traceback on screen: one line, the log has the rest
             self.post_message(self.Failed(f"{type(exc).__name__}: {exc}"))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="train")
-    def _train_processes(self, corpus: str | None, config: Config | None, resume: str | None,
-                         processes: int, init_from: str | None) -> None:
+    def _train_processes(self, request: TrainRequest, processes: int) -> None:
         """Launch torchrun through the command line and follow the run it trains (no torch in this process)."""
         from gptui.core.follow import TrainProcess
 
         try:
-            process = TrainProcess(self.workspace, corpus=corpus, config=config, resume=resume,
-                                   processes=processes, init_from=init_from)
+            process = TrainProcess(self.workspace, request, processes)
         except OSError as exc:
             self.post_message(self.Failed(f"could not start the training processes: {exc.strerror or exc}"))
             return
