@@ -244,59 +244,66 @@ class TrainJob:
     def _setup_main(self) -> tuple[Run, Config, Dataset, dict | None]:
         ws = self.workspace.ensure()
         store = RunStore(ws)
-        checkpoint = None
         if self.resume and self.init_from:
             raise InputError("a run is either resumed or fine-tuned from another, not both")
         if self.resume:
-            run = store.resolve(self.resume)
-            self._claim = claim_run(run.path, run.id)  # before anything of the run is read or written
-            state = run.read_state()
-            if state.get("status") == "running" and pid_alive(state) and state.get("pid") != os.getpid():
-                raise RunBusy(f"run {run.id} is already training in another process")
-            problem = check_files(run, rebuildable=False)  # the files a resume cannot rebuild
-            if problem:
-                raise DamagedRun(f"run {run.id} is damaged: {problem}")
-            saved = run.read_config()
-            config = config_from_dict(saved["settings"])
-            updated = check(apply_overrides(config, self.overrides))
-            changed = {k for k in self.overrides if getattr(updated, k) != getattr(config, k)}
-            fixed = sorted(changed - RESUMABLE_SETTINGS)
-            if fixed:
-                raise InputError(f"cannot change {', '.join(fixed)} when resuming (only schedule and hardware)")
-            config = updated
-            check_available(config.trackers)
-            corpus = self.workspace.corpus_path(saved.get("corpus_file") or saved.get("corpus", ""))
-            self._corpus_name = corpus.name
-            checkpoint = load_checkpoint(run)
-            vocab = tokenizer_vocab_size(run.file(TOKENIZER))
-            rebuild = check_files(run)  # state.json or the weights, rebuilt from the checkpoint below
-            problem = checkpoint_problem(checkpoint, config, vocab)
-            if problem:  # nothing to rebuild from; what generate and export say of the run comes first
-                raise DamagedRun(f"run {run.id} is damaged: {rebuild or problem}")
-            self._refuse_spent_budget(run, config, checkpoint)
-            self._open_run(run, int(checkpoint["step"]))
-            self.log(f"resuming run {run.id} at step {checkpoint['step']}")
-            self._schedule = saved.get("schedule")
-            # a resume encodes with the run's own tokenizer.json (same tokens, nothing retrained), so a run whose
-            # cache entry is gone still resumes with the tokenizer it was trained with
-            try:
-                self._tokenizer_json = run.file(TOKENIZER).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise InputError(f"run {run.id}: tokenizer.json cannot be read ({exc.strerror or exc})") from None
-            self._tokenizer_source = f"run {run.id}'s"
+            return self._setup_resume(store)
+        return self._setup_new(store)
 
-            def same_corpus(digest: str) -> None:
-                if digest != saved.get("corpus_sha256"):
-                    raise InputError(f"corpus {corpus.name} changed since run {run.id} started; resuming needs "
-                                     "the original text")
+    def _setup_resume(self, store: RunStore) -> tuple[Run, Config, Dataset, dict | None]:
+        """Reopen a run to train it further: checked, claimed, its checkpoint loaded, its data prepared with its
+        own tokenizer, and its state.json or weights rebuilt when they are damaged."""
+        run = store.resolve(self.resume)
+        self._claim = claim_run(run.path, run.id)  # before anything of the run is read or written
+        state = run.read_state()
+        if state.get("status") == "running" and pid_alive(state) and state.get("pid") != os.getpid():
+            raise RunBusy(f"run {run.id} is already training in another process")
+        problem = check_files(run, rebuildable=False)  # the files a resume cannot rebuild
+        if problem:
+            raise DamagedRun(f"run {run.id} is damaged: {problem}")
+        saved = run.read_config()
+        config = config_from_dict(saved["settings"])
+        updated = check(apply_overrides(config, self.overrides))
+        changed = {k for k in self.overrides if getattr(updated, k) != getattr(config, k)}
+        fixed = sorted(changed - RESUMABLE_SETTINGS)
+        if fixed:
+            raise InputError(f"cannot change {', '.join(fixed)} when resuming (only schedule and hardware)")
+        config = updated
+        check_available(config.trackers)
+        corpus = self.workspace.corpus_path(saved.get("corpus_file") or saved.get("corpus", ""))
+        self._corpus_name = corpus.name
+        checkpoint = load_checkpoint(run)
+        vocab = tokenizer_vocab_size(run.file(TOKENIZER))
+        rebuild = check_files(run)  # state.json or the weights, rebuilt from the checkpoint below
+        problem = checkpoint_problem(checkpoint, config, vocab)
+        if problem:  # nothing to rebuild from; what generate and export say of the run comes first
+            raise DamagedRun(f"run {run.id} is damaged: {rebuild or problem}")
+        self._refuse_spent_budget(run, config, checkpoint)
+        self._open_run(run, int(checkpoint["step"]))
+        self.log(f"resuming run {run.id} at step {checkpoint['step']}")
+        self._schedule = saved.get("schedule")
+        # a resume encodes with the run's own tokenizer.json (same tokens, nothing retrained), so a run whose
+        # cache entry is gone still resumes with the tokenizer it was trained with
+        try:
+            self._tokenizer_json = run.file(TOKENIZER).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"run {run.id}: tokenizer.json cannot be read ({exc.strerror or exc})") from None
+        self._tokenizer_source = f"run {run.id}'s"
 
-            dataset = self._prepare(corpus, config, on_digest=same_corpus)
-            if load_tokenizer(run.file(TOKENIZER)).token_bytes != dataset.tokenizer.token_bytes:
-                raise InputError(f"the tokenizer cached for {corpus.name} differs from run {run.id}'s own")
-            if rebuild:
-                self._rebuild(run, config, vocab, checkpoint, rebuild)
-            return run, config, dataset, checkpoint
+        def same_corpus(digest: str) -> None:
+            if digest != saved.get("corpus_sha256"):
+                raise InputError(f"corpus {corpus.name} changed since run {run.id} started; resuming needs "
+                                 "the original text")
 
+        dataset = self._prepare(corpus, config, on_digest=same_corpus)
+        if load_tokenizer(run.file(TOKENIZER)).token_bytes != dataset.tokenizer.token_bytes:
+            raise InputError(f"the tokenizer cached for {corpus.name} differs from run {run.id}'s own")
+        if rebuild:
+            self._rebuild(run, config, vocab, checkpoint, rebuild)
+        return run, config, dataset, checkpoint
+
+    def _setup_new(self, store: RunStore) -> tuple[Run, Config, Dataset, dict | None]:
+        """Create a new run (from another run's weights for a fine-tune): its data prepared, then its folder."""
         source = None
         if self.init_from:
             source = fine_tune_source(store.resolve(self.init_from))
