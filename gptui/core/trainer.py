@@ -1,9 +1,14 @@
 """The training loop, run headless by the CLI or in a worker thread by the TUI.
 
-Progress leaves through a single callback receiving `events` objects. A stop request (`TrainJob.stop()`,
-thread-safe) is honoured within one optimizer step: the model is evaluated once more (unless it just was), its
-weights kept when they are the best so far, the checkpoint saved and the run marked `stopped`. A new run may start
-from another run's best weights and tokenizer (`init_from`, fine-tuning; see gptui.core.finetune).
+Everything the run tells leaves as one stream of `events` objects: the run folder's writer (gptui.core.run_writer:
+metrics.jsonl, train.log, state.json), the caller's listener (the CLI's printer, the TUI) and the trackers each
+listen to the same events. The loop itself is `TrainingLoop`, in parts; what a checkpoint keeps of it is a
+`TrainingState` (gptui.core.checkpoint).
+
+A stop request (`TrainJob.stop()`, thread-safe) is honoured within one optimizer step: the model is evaluated once
+more (unless it just was), its weights kept when they are the best so far, the checkpoint saved and the run marked
+`stopped`. A new run may start from another run's best weights and tokenizer (`init_from`, fine-tuning; see
+gptui.core.finetune).
 
 The same loop runs on every process of a torchrun job: it talks to the other ranks only through its `Dist`
 (gptui.core.distributed), and a rank other than the main one holds a `NullRun`, so it writes nothing.
