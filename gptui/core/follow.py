@@ -1,8 +1,8 @@
 """Watching a training job that runs in other processes, through the files its rank 0 writes.
 
 `TrainProcess` starts `python -m gptui train ... --nproc-per-node N` (the launcher, which starts torchrun) as a
-child process; `RunFollower` turns the new lines of the run's `metrics.jsonl` and `train.log` into the same
-events a `TrainJob` in this process sends, so the Train tab shows both alike. The launch folder (see
+child process; `RunFollower` turns the new records of the run's `metrics.jsonl` back into the events a
+`TrainJob` in this process sends, so the Train tab shows both alike. The launch folder (see
 gptui.core.launch) says which run rank 0 trains once training starts; the run's `state.json` and the launcher's
 one-line error say how it ended. Nothing here imports torch.
 """
@@ -30,62 +30,90 @@ from gptui.core.runs import LOG, METRICS, Run
 from gptui.core.workspace import Workspace
 
 POLL_SECONDS = 0.25
-_STAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}  ?")
-_SAMPLE = re.compile(r"^sample at step (\d+):$")
-# lines the trainer writes on its own; one of them ends a sample's text
-_TRAINER_LINE = re.compile(r"^(step +\d+ +train |sample at step \d+:$|finished: |failed: |resum|torch\.compile|"
-                           r"data order changed|distributed: )")
 
 
 class RunFollower:
-    """Reads what a run folder gained since the last look and turns it into trainer events."""
+    """Reads what a run folder gained since the last look and turns it into trainer events: the records of its
+    `metrics.jsonl`, through gptui.core.events' codec, so a followed run shows what a job in this process shows.
 
-    def __init__(self, run: Run, max_iters: int, log_offset: int = 0):
+    A resumed run's file still holds the sessions before: their steps and evaluations are shown (the curves go
+    on), their log lines and samples, written before `since` (seconds since the epoch), are not. A folder written
+    before log lines were records (`LegacyLogReader`) is read the old way."""
+
+    def __init__(self, run: Run, max_iters: int, log_offset: int = 0, since: float = 0.0):
         self.run = run
         self.max_iters = max_iters
-        self._offsets = {METRICS: 0, LOG: log_offset}
-        self._sample: tuple[int, list[str]] | None = None
-        self._sample_shown: str | None = None
-
-    def _new_lines(self, name: str) -> list[str]:
-        """Complete lines appended to one of the run's files since the last call (a torn last line waits)."""
-        try:
-            with open(self.run.file(name), "rb") as f:
-                f.seek(self._offsets[name])
-                data = f.read()
-        except OSError:
-            return []
-        end = data.rfind(b"\n")
-        if end < 0:
-            return []
-        self._offsets[name] += end + 1
-        return data[:end].decode("utf-8", errors="replace").split("\n")
+        self.since = since
+        self._offset = 0
+        self._legacy: LegacyLogReader | None = None
+        self._typed = False  # a record other than a step or an evaluation was seen: the folder is of today
+        self._log_offset = log_offset
 
     def poll(self) -> list[ev.Event]:
+        # train.log is looked at before the records: the writer records a line before it logs it, so a log line
+        # seen with no record of one is a folder written before lines were recorded
+        logged = self._legacy is None and not self._typed and _size(self.run.file(LOG)) > self._log_offset
         out: list[ev.Event] = []
-        for line in self._new_lines(METRICS):
+        lines, self._offset = _new_lines(self.run.file(METRICS), self._offset)
+        for line in lines:
             try:
                 record = json.loads(line)
             except ValueError:
                 continue
-            event = _metric_event(record, self.max_iters) if isinstance(record, dict) else None
+            if isinstance(record, dict) and record.get("type") not in ev.LEGACY_TYPES:
+                self._typed = True
+            event = self._event(record)
             if event is not None:
                 out.append(event)
-        for line in self._new_lines(LOG):
-            text = _STAMP.sub("", line)
+        if self._legacy is None and not self._typed and logged:
+            self._legacy = LegacyLogReader(self.run, self._log_offset)
+        if self._legacy is not None:
+            out += self._legacy.poll()
+        return out
+
+    def flush(self) -> list[ev.Event]:
+        return self.poll() + (self._legacy.close_sample() if self._legacy is not None else [])
+
+    def _event(self, record: Any) -> ev.Event | None:
+        event = ev.from_record(record, {"max_iters": self.max_iters})
+        if isinstance(event, ev.Step | ev.Eval):
+            return event
+        if isinstance(event, ev.Log | ev.Sample) and _number(record.get("time")) >= self.since:
+            return event
+        return None  # the start and the end are the launcher's to say (TrainProcess)
+
+
+class LegacyLogReader:
+    """Log lines and samples of a run folder written before they were records of metrics.jsonl: read from
+    train.log's text, whose wording this matches (kept for those folders only; today's are read as records)."""
+
+    STAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}  ?")
+    SAMPLE = re.compile(r"^sample at step (\d+):$")
+    # lines the trainer wrote on its own; one of them ends a sample's text
+    TRAINER_LINE = re.compile(r"^(step +\d+ +train |sample at step \d+:$|finished: |failed: |resum|torch\.compile|"
+                              r"data order changed|distributed: )")
+
+    def __init__(self, run: Run, log_offset: int = 0):
+        self.run = run
+        self._offset = log_offset
+        self._sample: tuple[int, list[str]] | None = None
+        self._sample_shown: str | None = None
+
+    def poll(self) -> list[ev.Event]:
+        out: list[ev.Event] = []
+        lines, self._offset = _new_lines(self.run.file(LOG), self._offset)
+        for line in lines:
+            text = self.STAMP.sub("", line)
             out.append(ev.Log(text))
-            if self._sample is not None and _TRAINER_LINE.match(text):
-                out += self._close_sample()
-            if (match := _SAMPLE.match(text)) is not None:
+            if self._sample is not None and self.TRAINER_LINE.match(text):
+                out += self.close_sample()
+            if (match := self.SAMPLE.match(text)) is not None:
                 self._sample = (int(match.group(1)), [])
             elif self._sample is not None:
                 self._sample[1].append(text)
         if self._sample is not None:  # shown as far as it got; updated if more of it arrives
             out += self._show_sample()
         return out
-
-    def flush(self) -> list[ev.Event]:
-        return self.poll() + self._close_sample()
 
     def _show_sample(self) -> list[ev.Event]:
         step, lines = self._sample  # type: ignore[misc]
@@ -95,7 +123,7 @@ class RunFollower:
         self._sample_shown = text
         return [ev.Sample(step, text)]
 
-    def _close_sample(self) -> list[ev.Event]:
+    def close_sample(self) -> list[ev.Event]:
         if self._sample is None:
             return []
         out = self._show_sample()
@@ -103,18 +131,29 @@ class RunFollower:
         return out
 
 
-def _metric_event(record: dict[str, Any], max_iters: int) -> ev.Event | None:
+def _new_lines(path: Path, offset: int) -> tuple[list[str], int]:
+    """The complete lines appended to a file past `offset` (a torn last line waits), and the new offset."""
     try:
-        if record.get("type") == "train":
-            return ev.Step(int(record["step"]), max_iters, float(record["elapsed"]), float(record["loss"]),
-                           float(record["lr"]), float(record["tokens_per_sec"]), record.get("eta_seconds"),
-                           record.get("memory") or {})
-        if record.get("type") == "eval":
-            return ev.Eval(int(record["step"]), float(record["elapsed"]), float(record["train_loss"]),
-                           float(record["val_loss"]), float(record["val_bpb"]), bool(record.get("best")))
-    except (KeyError, TypeError, ValueError):
-        return None
-    return None
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError:
+        return [], offset
+    end = data.rfind(b"\n")
+    if end < 0:
+        return [], offset
+    return data[:end].decode("utf-8", errors="replace").split("\n"), offset + end + 1
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
 class TrainProcess:
@@ -128,6 +167,7 @@ class TrainProcess:
         self.launch = LaunchDir(self.folder)
         self.resume = request.resume
         self._log_offset = 0
+        self._since = time.time() if request.resume else 0.0  # a resumed run's earlier lines and samples are not shown
         if request.resume:
             with contextlib.suppress(OSError):
                 from gptui.core.runs import RunStore
@@ -165,7 +205,8 @@ class TrainProcess:
                 started = _started_event(info)
                 if started is not None:
                     yield started
-                    follower = RunFollower(Run(Path(started.run_path)), started.max_iters, self._log_offset)
+                    follower = RunFollower(Run(Path(started.run_path)), started.max_iters, self._log_offset,
+                                               self._since)
             if follower is not None:
                 yield from follower.poll()
             if done:

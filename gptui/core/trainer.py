@@ -1,9 +1,14 @@
 """The training loop, run headless by the CLI or in a worker thread by the TUI.
 
-Progress leaves through a single callback receiving `events` objects. A stop request (`TrainJob.stop()`,
-thread-safe) is honoured within one optimizer step: the model is evaluated once more (unless it just was), its
-weights kept when they are the best so far, the checkpoint saved and the run marked `stopped`. A new run may start
-from another run's best weights and tokenizer (`init_from`, fine-tuning; see gptui.core.finetune).
+Everything the run tells leaves as one stream of `events` objects: the run folder's writer (gptui.core.run_writer:
+metrics.jsonl, train.log, state.json), the caller's listener (the CLI's printer, the TUI) and the trackers each
+listen to the same events. The loop itself is `TrainingLoop`, in parts; what a checkpoint keeps of it is a
+`TrainingState` (gptui.core.checkpoint).
+
+A stop request (`TrainJob.stop()`, thread-safe) is honoured within one optimizer step: the model is evaluated once
+more (unless it just was), its weights kept when they are the best so far, the checkpoint saved and the run marked
+`stopped`. A new run may start from another run's best weights and tokenizer (`init_from`, fine-tuning; see
+gptui.core.finetune).
 
 The same loop runs on every process of a torchrun job: it talks to the other ranks only through its `Dist`
 (gptui.core.distributed), and a rank other than the main one holds a `NullRun`, so it writes nothing.
@@ -27,6 +32,13 @@ import torch
 
 import gptui
 from gptui.core import events as ev
+from gptui.core.checkpoint import (
+    TrainingState,
+    checkpoint_problem,
+    from_checkpoint,
+    load_checkpoint,
+    to_checkpoint,
+)
 from gptui.core.claim import RunClaim, claim_run
 from gptui.core.config import (
     SETTINGS_BY_NAME,
@@ -45,6 +57,7 @@ from gptui.core.errors import DamagedRun, GptuiError, InputError, RunBusy
 from gptui.core.finetune import FineTuneSource, fine_tune_source, refuse_shape_changes
 from gptui.core.generate import TrainingSampler
 from gptui.core.model import GPT, ModelConfig
+from gptui.core.run_writer import RunWriter
 from gptui.core.runs import (
     CHECKPOINT,
     STATE,
@@ -64,7 +77,6 @@ from gptui.core.trackers import TrackerListener, check_available, open_trackers
 from gptui.core.workspace import Workspace
 
 REPORT_SECONDS = 0.5  # at most this long between step events (the only place the loss is read back)
-STATE_SECONDS = 5.0  # heartbeat of state.json, so other processes can watch the run
 CHECKPOINT_SECONDS = 300.0  # a checkpoint at least this often, so a kill costs minutes, not hours
 # With a time budget the schedule ends where the budget does: after FIT_SKIP_STEPS untimed steps (allocation, cold
 # caches), FIT_STEPS are timed, and the steps that fit are fixed once, recorded in config.json ("schedule") and
@@ -144,7 +156,8 @@ class TrainJob:
         self._more_minutes = bool(resume) and "max_minutes" in self.overrides
         self._trackers: list = []  # TensorBoard, W&B: listeners of the main rank, opened by its Started event
         self._failed_listeners: set[int] = set()  # each listener's first error is logged, then no more
-        self._early_lines: list[str] = []  # logged before the run folder existed, written to it when it does
+        self._writer: RunWriter | None = None  # the run folder's writer, once the job has its run
+        self._early_logs: list[ev.Log] = []  # logged before the run folder existed, written to it when it does
         self._schedule: dict | None = None  # a resumed run's schedule fitted to its time budget (config.json)
 
     def stop(self, reason: str = "stopped by user") -> None:
@@ -156,6 +169,13 @@ class TrainJob:
         return self._stop.is_set()
 
     def emit(self, event: ev.Event) -> None:
+        """Send an event to every listener: first the run folder's writer (a failed write there is the run's
+        failure, as it always was), then the caller's listener and the trackers, whose errors are each logged
+        once while training goes on. Log lines before the run folder exists wait for its writer."""
+        if self._writer is not None:
+            self._writer(event)
+        elif isinstance(event, ev.Log):
+            self._early_logs.append(event)
         for listener in (self.on_event, *self._trackers):
             try:
                 listener(event)
@@ -163,21 +183,19 @@ class TrainJob:
                 if id(listener) not in self._failed_listeners:
                     self._failed_listeners.add(id(listener))  # first, so the log line below cannot recurse
                     first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-                    line = (f"warning: {_listener_name(listener)} failed ({type(exc).__name__}: {first}); "
-                            "training goes on without it")
-                    if self.run_dir is None:  # preparing the data: the run's log does not exist yet
-                        self._early_lines.append(line)
-                    self.log(line)
+                    self.log(f"warning: {_listener_name(listener)} failed ({type(exc).__name__}: {first}); "
+                             "training goes on without it", "warning")
 
-    def log(self, line: str) -> None:
-        if self.run_dir is not None:
-            lines, self._early_lines = [*self._early_lines, line], []
-            try:
-                for text in lines:
-                    self.run_dir.log(text)
-            except OSError:
-                pass
-        self.emit(ev.Log(line))
+    def log(self, line: str, kind: str = "info") -> None:
+        self.emit(ev.Log(line, kind))
+
+    def _open_run(self, run: Run, step: int = 0) -> None:
+        """The job's run folder from here on: its writer listens, starting with the lines logged before."""
+        self.run_dir = run
+        self._writer = RunWriter(run, step)
+        early, self._early_logs = self._early_logs, []
+        for event in early:
+            self._writer(event)
 
     # --- setup -----------------------------------------------------------------------------------------------
 
@@ -205,7 +223,7 @@ class TrainJob:
         rank = self.dist.rank
         self.workspace.ensure()
         config = config_from_dict(shared["settings"])
-        self.run_dir = NullRun(self.workspace.models / shared["run_id"])
+        self._open_run(NullRun(self.workspace.models / shared["run_id"]))
         # a fine-tune's tokenizer travels from rank 0, so no other machine needs the source run's folder; its
         # weights reach every rank when DistributedDataParallel broadcasts rank 0's parameters
         self._tokenizer_json = shared.get("tokenizer_json")
@@ -222,65 +240,72 @@ class TrainJob:
             except InputError:
                 raise InputError(f"rank {rank} cannot find run {shared['run_id']} in {self.workspace.models}: "
                                  "resuming on several machines needs the run folder on each") from None
-            checkpoint = self._load_checkpoint(run)
+            checkpoint = load_checkpoint(run)
         return self.run_dir, config, dataset, checkpoint
 
     def _setup_main(self) -> tuple[Run, Config, Dataset, dict | None]:
         ws = self.workspace.ensure()
         store = RunStore(ws)
-        checkpoint = None
         if self.resume and self.init_from:
             raise InputError("a run is either resumed or fine-tuned from another, not both")
         if self.resume:
-            run = store.resolve(self.resume)
-            self._claim = claim_run(run.path, run.id)  # before anything of the run is read or written
-            state = run.read_state()
-            if state.get("status") == "running" and pid_alive(state) and state.get("pid") != os.getpid():
-                raise RunBusy(f"run {run.id} is already training in another process")
-            problem = check_files(run, rebuildable=False)  # the files a resume cannot rebuild
-            if problem:
-                raise DamagedRun(f"run {run.id} is damaged: {problem}")
-            saved = run.read_config()
-            config = config_from_dict(saved["settings"])
-            updated = check(apply_overrides(config, self.overrides))
-            changed = {k for k in self.overrides if getattr(updated, k) != getattr(config, k)}
-            fixed = sorted(k for k in changed if not SETTINGS_BY_NAME[k].resumable)
-            if fixed:
-                raise InputError(f"cannot change {', '.join(fixed)} when resuming (only schedule and hardware)")
-            config = updated
-            check_available(config.trackers)
-            corpus = self.workspace.corpus_path(saved.get("corpus_file") or saved.get("corpus", ""))
-            self._corpus_name = corpus.name
-            checkpoint = self._load_checkpoint(run)
-            vocab = tokenizer_vocab_size(run.file(TOKENIZER))
-            rebuild = check_files(run)  # state.json or the weights, rebuilt from the checkpoint below
-            problem = checkpoint_problem(checkpoint, config, vocab)
-            if problem:  # nothing to rebuild from; what generate and export say of the run comes first
-                raise DamagedRun(f"run {run.id} is damaged: {rebuild or problem}")
-            self._refuse_spent_budget(run, config, checkpoint)
-            self.run_dir = run
-            self.log(f"resuming run {run.id} at step {checkpoint['step']}")
-            self._schedule = saved.get("schedule")
-            # a resume encodes with the run's own tokenizer.json (same tokens, nothing retrained), so a run whose
-            # cache entry is gone still resumes with the tokenizer it was trained with
-            try:
-                self._tokenizer_json = run.file(TOKENIZER).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise InputError(f"run {run.id}: tokenizer.json cannot be read ({exc.strerror or exc})") from None
-            self._tokenizer_source = f"run {run.id}'s"
+            return self._setup_resume(store)
+        return self._setup_new(store)
 
-            def same_corpus(digest: str) -> None:
-                if digest != saved.get("corpus_sha256"):
-                    raise InputError(f"corpus {corpus.name} changed since run {run.id} started; resuming needs "
-                                     "the original text")
+    def _setup_resume(self, store: RunStore) -> tuple[Run, Config, Dataset, dict | None]:
+        """Reopen a run to train it further: checked, claimed, its checkpoint loaded, its data prepared with its
+        own tokenizer, and its state.json or weights rebuilt when they are damaged."""
+        run = store.resolve(self.resume)
+        self._claim = claim_run(run.path, run.id)  # before anything of the run is read or written
+        state = run.read_state()
+        if state.get("status") == "running" and pid_alive(state) and state.get("pid") != os.getpid():
+            raise RunBusy(f"run {run.id} is already training in another process")
+        problem = check_files(run, rebuildable=False)  # the files a resume cannot rebuild
+        if problem:
+            raise DamagedRun(f"run {run.id} is damaged: {problem}")
+        saved = run.read_config()
+        config = config_from_dict(saved["settings"])
+        updated = check(apply_overrides(config, self.overrides))
+        changed = {k for k in self.overrides if getattr(updated, k) != getattr(config, k)}
+        fixed = sorted(k for k in changed if not SETTINGS_BY_NAME[k].resumable)
+        if fixed:
+            raise InputError(f"cannot change {', '.join(fixed)} when resuming (only schedule and hardware)")
+        config = updated
+        check_available(config.trackers)
+        corpus = self.workspace.corpus_path(saved.get("corpus_file") or saved.get("corpus", ""))
+        self._corpus_name = corpus.name
+        checkpoint = load_checkpoint(run)
+        vocab = tokenizer_vocab_size(run.file(TOKENIZER))
+        rebuild = check_files(run)  # state.json or the weights, rebuilt from the checkpoint below
+        problem = checkpoint_problem(checkpoint, config, vocab)
+        if problem:  # nothing to rebuild from; what generate and export say of the run comes first
+            raise DamagedRun(f"run {run.id} is damaged: {rebuild or problem}")
+        self._refuse_spent_budget(run, config, checkpoint)
+        self._open_run(run, int(checkpoint["step"]))
+        self.log(f"resuming run {run.id} at step {checkpoint['step']}")
+        self._schedule = saved.get("schedule")
+        # a resume encodes with the run's own tokenizer.json (same tokens, nothing retrained), so a run whose
+        # cache entry is gone still resumes with the tokenizer it was trained with
+        try:
+            self._tokenizer_json = run.file(TOKENIZER).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"run {run.id}: tokenizer.json cannot be read ({exc.strerror or exc})") from None
+        self._tokenizer_source = f"run {run.id}'s"
 
-            dataset = self._prepare(corpus, config, on_digest=same_corpus)
-            if load_tokenizer(run.file(TOKENIZER)).token_bytes != dataset.tokenizer.token_bytes:
-                raise InputError(f"the tokenizer cached for {corpus.name} differs from run {run.id}'s own")
-            if rebuild:
-                self._rebuild(run, config, vocab, checkpoint, rebuild)
-            return run, config, dataset, checkpoint
+        def same_corpus(digest: str) -> None:
+            if digest != saved.get("corpus_sha256"):
+                raise InputError(f"corpus {corpus.name} changed since run {run.id} started; resuming needs "
+                                 "the original text")
 
+        dataset = self._prepare(corpus, config, on_digest=same_corpus)
+        if load_tokenizer(run.file(TOKENIZER)).token_bytes != dataset.tokenizer.token_bytes:
+            raise InputError(f"the tokenizer cached for {corpus.name} differs from run {run.id}'s own")
+        if rebuild:
+            self._rebuild(run, config, vocab, checkpoint, rebuild)
+        return run, config, dataset, checkpoint
+
+    def _setup_new(self, store: RunStore) -> tuple[Run, Config, Dataset, dict | None]:
+        """Create a new run (from another run's weights for a fine-tune): its data prepared, then its folder."""
         source = None
         if self.init_from:
             source = fine_tune_source(store.resolve(self.init_from))
@@ -303,7 +328,7 @@ class TrainJob:
         params = estimate_params(config, dataset.tokenizer.vocab_size)
         run = store.create(corpus_name(corpus), params, self.name)
         self._claim = claim_run(run.path, run.id)
-        self.run_dir = run
+        self._open_run(run)
         run.write_config(
             {
                 "settings": config_to_dict(config),
@@ -364,19 +389,6 @@ class TrainJob:
         if d.corpus_kind != "txt" or d.skipped:
             self.log(f"data: {d.corpus_kind} corpus, {d.documents:,} documents from {d.files:,} files"
                      + (f"; {d.skipped_text()}" if d.skipped else ""))
-
-    def _load_checkpoint(self, run: Run) -> dict:
-        path = run.file(CHECKPOINT)
-        if not path.exists():
-            raise InputError(f"run {run.id} has no checkpoint to resume from")
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise DamagedRun(f"run {run.id} is damaged: checkpoint.pt cannot be loaded safely "
-                             f"({type(exc).__name__})") from None
-        if not isinstance(checkpoint, dict):
-            raise DamagedRun(f"run {run.id} is damaged: checkpoint.pt holds no training state")
-        return checkpoint
 
     def _refuse_spent_budget(self, run: Run, config: Config, checkpoint: dict) -> None:
         """A resume without a budget of its own keeps the run's, counted over the run's whole time: once that
@@ -469,285 +481,15 @@ class TrainJob:
 
     def _fail(self, message: str, started: float) -> None:
         """Record a failure in the run, unless the job never got to train (a refused resume leaves the run be)."""
-        run = self.owned_run
-        if run is not None:
-            try:
-                run.write_state(status="failed", error=message, pid=None)
-                run.log(f"failed: {message}")
-            except OSError:
-                pass
+        if self.owned_run is not None:
+            self.log(f"failed: {message}", "error")
+        else:
+            self._writer = None
         run_id = self.run_dir.id if self.run_dir is not None else ""
         self.emit(ev.Finished(run_id, "failed", message, 0, None, None, time.time() - started, 0.0))
 
     def _train(self, run: Run, config: Config, data: Dataset, checkpoint: dict | None) -> ev.Finished:
-        torch.manual_seed(config.seed)
-        device = pick_device(config.device)
-        dtype = pick_dtype(config.dtype, device)
-        setup_backend(device)
-        model = GPT(ModelConfig.from_config(config, data.tokenizer.vocab_size)).to(device)
-        optimizer = model.configure_optimizer(config.weight_decay, config.lr, (config.beta1, config.beta2), device,
-                                              config.optimizer, config.muon_lr, config.muon_momentum)
-        scaler = torch.amp.GradScaler(device, enabled=dtype == "float16")
-        dist = self.dist
-        # pinned host memory lets the copy to the GPU overlap the previous step's kernels
-        train_batches = BatchSampler(data.train, config.block_size, config.batch_size, config.seed,
-                                     rank=dist.rank, world_size=dist.world_size, pin_memory=device == "cuda")
-        if dist.world_size > 1:
-            torch.manual_seed(config.seed + dist.rank)  # one initialisation for all; dropout differs by rank
-        step, best, bad_evals, elapsed_before = 0, math.inf, 0, 0.0
-        best_bpb = None
-        saved_world = dist.world_size
-        if checkpoint is not None:
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            step = int(checkpoint["step"])
-            best = float(checkpoint["best_val_loss"])
-            best_bpb = checkpoint.get("best_val_bpb")
-            bad_evals = int(checkpoint["bad_evals"])
-            elapsed_before = float(checkpoint["elapsed"])
-            train_batches.set_state(checkpoint["batch_rng"])
-            saved_world = int(checkpoint.get("world_size", 1))
-            if saved_world == dist.world_size and "rank_rng" in checkpoint:
-                torch.set_rng_state(checkpoint["rank_rng"][dist.rank])
-            elif dist.rank == 0:
-                torch.set_rng_state(checkpoint["torch_rng"])
-            cuda_rng = checkpoint.get("cuda_rng") if device == "cuda" else None
-            if cuda_rng and (saved_world == dist.world_size or dist.rank == 0):  # dropout on CUDA draws from these
-                torch.cuda.set_rng_state(cuda_rng[dist.rank if saved_world == dist.world_size else 0])
-            if saved_world != dist.world_size:
-                run.update_config(world_size=dist.world_size)
-            run.truncate_metrics(step)
-            run.write_state(status="running", pid=os.getpid(), host=socket.gethostname(), heartbeat=time.time(),
-                            error=None)
-        elif self._init_state is not None:  # a fine-tune: the source's weights, a fresh optimizer at step 0
-            model.load_state_dict(self._init_state)
-            self._init_state = None
-        ddp = dist.wrap(model)  # DistributedDataParallel on a process group; the model itself on one process
-        forward = ddp
-        if config.compile:
-            try:
-                forward = torch.compile(ddp)
-            except Exception as exc:
-                self.log(f"torch.compile unavailable ({type(exc).__name__}); training eagerly")
-        params = model.num_params()
-        self.log_header(run, config, params, device, dtype, checkpoint is not None)
-        if saved_world != dist.world_size:
-            self.log(f"data order changed: the checkpoint was trained by {saved_world} process"
-                     f"{'es' if saved_world > 1 else ''}, this run has {dist.world_size}, so each step draws "
-                     "other rows than an uninterrupted run would")
-        self._log_prepare(data)
-        if dist.is_main:
-            self._trackers = open_trackers(config.trackers, config.tracker_project, run, self.log)
-        # a schedule fitted before is kept for the same budget over the run's whole time; a resume given a budget of
-        # its own (that many more minutes) or another budget is fitted again below
-        schedule = self._schedule if config.max_minutes > 0 and not self._more_minutes else None
-        if schedule is not None:
-            config = dataclasses.replace(config, max_iters=int(schedule["max_iters"]))
-            if schedule.get("max_minutes") == config.max_minutes:
-                self.log(f"schedule: ends at step {config.max_iters:,}, as fitted to the "
-                         f"{config.max_minutes:g}-minute budget when the run started")
-            else:
-                schedule = None
-        fit_from = step + FIT_SKIP_STEPS if config.max_minutes > 0 and schedule is None else -1
-        if fit_from >= 0 and config.max_iters <= fit_from + FIT_STEPS:  # it runs at least the steps it times
-            config = dataclasses.replace(config, max_iters=fit_from + FIT_STEPS + 1)
-        self.emit(ev.Started(run.id, str(run.path), params, device, dtype, step, config.max_iters,
-                             config_to_dict(config), dist.world_size))
-
-        ctx = autocast(device, dtype)
-        val_batches_seed = config.seed + 1
-        sampler = TrainingSampler(model, _sample_prompt(data), config.sample_tokens, config.seed, self.log)
-        tokens_per_step = config.batch_size * config.block_size * config.grad_accum  # this rank's share
-        t_start = time.time()
-        t_report = time.perf_counter()
-        step_report, t_state, t_checkpoint = step, time.time(), time.time()
-        start_step = step
-        loss_acc = torch.zeros((), device=device)
-        n_acc = 0
-        last_tps = 0.0
-        reason = "reached max_iters"
-        spent = 0.0 if self._more_minutes else elapsed_before
-        deadline = t_start + config.max_minutes * 60 - spent if config.max_minutes > 0 else None
-        t_fit, fitted = 0.0, schedule is not None
-
-        def elapsed() -> float:
-            return elapsed_before + time.time() - t_start
-
-        def save(status: str) -> None:
-            nonlocal t_checkpoint
-            rank_rng = dist.gather(torch.get_rng_state())  # each rank's dropout stream, for an exact resume
-            cuda_rng = dist.gather(torch.cuda.get_rng_state()) if device == "cuda" else None
-            state = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "best_val_loss": best, "best_val_bpb": best_bpb, "bad_evals": bad_evals, "elapsed": elapsed(),
-                "batch_rng": train_batches.state(), "torch_rng": torch.get_rng_state(),
-                "world_size": dist.world_size,
-            }
-            if cuda_rng is not None:
-                state["cuda_rng"] = cuda_rng
-            if dist.world_size > 1:
-                state["rank_rng"] = rank_rng
-            # model.safetensors holds evaluated weights only (written by evaluate(); a stop evaluates first)
-            run.write_file(CHECKPOINT, lambda p: torch.save(state, p))
-            run.write_state(status=status, step=step, best_val_loss=_finite(best), best_val_bpb=best_bpb,
-                            duration=round(elapsed(), 1), heartbeat=time.time())
-            t_checkpoint = time.time()
-
-        def evaluate() -> None:
-            nonlocal best, best_bpb, bad_evals, last_eval_step
-            losses = estimate_loss(model, data, config, ctx, device, val_batches_seed, dist)
-            bpb = losses["val"] / math.log(2) * data.val_tokens_per_byte
-            improved = losses["val"] < best
-            if improved:
-                best, best_bpb, bad_evals = losses["val"], bpb, 0
-                save_weights(run, model)
-            else:
-                bad_evals += 1
-            last_eval_step = step
-            e = ev.Eval(step, round(elapsed(), 3), losses["train"], losses["val"], bpb, improved)
-            run.append_metric({"type": "eval", **_round(dataclasses.asdict(e))})
-            self.emit(e)
-            self.log(
-                f"step {step:>6}  train {losses['train']:.4f}  val {losses['val']:.4f}  "
-                f"val bpb {bpb:.4f}{'  *best' if improved else ''}  {last_tps:,.0f} tok/s"
-            )
-
-        def agree() -> tuple[bool, ...]:
-            """Stop, out of time, report due, checkpoint due: each true when true on any rank, so every rank
-            stops, reports and saves at the same step (one small collective a step; nothing on one process)."""
-            return dist.any_true(
-                self.stopping,
-                deadline is not None and time.time() >= deadline,
-                time.perf_counter() - t_report >= REPORT_SECONDS,
-                time.time() - t_checkpoint >= CHECKPOINT_SECONDS,
-            )
-
-        def report(lr: float) -> None:
-            nonlocal last_tps, n_acc, t_report, step_report, t_state
-            now = time.perf_counter()
-            # the only sync with the device in the hot loop; over several ranks, the mean loss and summed speed
-            mean_loss = dist.mean(float(loss_acc) / max(1, n_acc))
-            last_tps = dist.sum((step - step_report) * tokens_per_step / max(1e-9, now - t_report))
-            # the ETA uses this session's whole pace, evaluations and samples included, so it does not jump
-            per_step = (time.time() - t_start) / max(1, step - start_step)
-            mem = memory_reading(device).as_dict()
-            record = ev.Step(step, config.max_iters, round(elapsed(), 3), mean_loss, lr, last_tps,
-                             per_step * (config.max_iters - step), mem)
-            run.append_metric({"type": "train", **_round(dataclasses.asdict(record))})
-            self.emit(record)
-            loss_acc.zero_()
-            n_acc, t_report, step_report = 0, now, step
-            if time.time() - t_state >= STATE_SECONDS:
-                run.write_state(step=step, duration=round(elapsed(), 1), heartbeat=time.time())
-                t_state = time.time()
-
-        last_eval_step = step if math.isfinite(best) else -1  # a resumed run that was never evaluated: not yet
-        early_stop = False
-        stop, out_of_time = dist.any_true(self.stopping, deadline is not None and time.time() >= deadline)
-        model.train()
-        while step < config.max_iters:
-            if dist.world_size == 1:  # a stop asked for while the last step was reported (ranks agree after a step)
-                stop = stop or self.stopping
-            if stop or out_of_time:
-                break
-            lr = lr_at(step, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's groups run at muon_lr on the same schedule
-            for micro in range(config.grad_accum):
-                x, y = train_batches.next()
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                # gradients are averaged over the ranks once a step, on the last micro-step
-                with dist.no_sync(ddp) if micro < config.grad_accum - 1 else contextlib.nullcontext():
-                    try:
-                        with ctx:
-                            _, loss = forward(x, y)
-                    except Exception as exc:
-                        if forward is ddp or isinstance(exc, torch.OutOfMemoryError):
-                            raise
-                        self.log(f"torch.compile failed ({type(exc).__name__}); training eagerly")
-                        forward = ddp
-                        with ctx:
-                            _, loss = forward(x, y)
-                    scaler.scale(loss / config.grad_accum).backward()
-                loss_acc += loss.detach()
-                n_acc += 1
-            if config.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            # decided after the step, so the step that made a report due is in it, and the first one is reported
-            stop, out_of_time, report_due, checkpoint_due = agree()
-            if step == fit_from:
-                t_fit = step_clock()
-            elif fit_from >= 0 and step == fit_from + FIT_STEPS:
-                config = self._fit_schedule(run, config, step, (step_clock() - t_fit) / FIT_STEPS,
-                                            deadline - time.time())
-                fitted = True
-
-            last = step == config.max_iters or step % config.eval_interval == 0
-            if report_due or last or step == start_step + 1:
-                report(lr)
-
-            if last:
-                evaluate()
-                save("running")
-                if config.patience and bad_evals >= config.patience:
-                    reason = f"early stopping: no improvement in {config.patience} evaluations"
-                    early_stop = True
-                    break
-            elif checkpoint_due:
-                save("running")
-            if config.sample_interval and step % config.sample_interval == 0 and dist.is_main and not stop:
-                # only the run's owner samples: the others would throw their text away
-                t_sample = time.perf_counter()
-                text = data.tokenizer.decode(sampler.sample(step))
-                self.emit(ev.Sample(step, text, time.perf_counter() - t_sample))
-                self.log(f"sample at step {step}:\n{text}\n")
-
-        if n_acc:
-            report(lr)  # the steps since the last report, when a stop or the time budget ended the run
-        stopped = stop and not early_stop
-        if stopped:
-            reason = self.stop_reason if self.stopping else "stopped by another rank"
-        elif (out_of_time or fitted and step >= config.max_iters) and not early_stop:
-            reason = f"time budget of {config.max_minutes:g} min reached"  # or the steps fitted to it are done
-        status = "stopped" if stopped else "completed"
-        if step > 0 and last_eval_step != step:
-            # a stop or the time budget ends between evaluations: measure where it got to, so what it learned
-            # since the last one is kept when it is the best (a run stopped before its first evaluation still
-            # leaves weights to talk to). Every rank takes part; the steps are on disk before it runs.
-            save("running")
-            evaluate()
-        save(status)
-        total = elapsed()
-        trained = step - (checkpoint["step"] if checkpoint else 0)
-        run_tps = dist.sum(trained * tokens_per_step / max(1e-9, time.time() - t_start))
-        run.write_state(status=status, pid=None, stop_reason=reason, tokens_per_sec=round(run_tps, 1))
-        self.log(
-            f"finished: {status} ({reason}) after {step} steps in {_duration(total)}; "
-            f"best val loss {_finite(best) if math.isfinite(best) else 'n/a'}"
-            + (f", {best_bpb:.4f} bits per byte" if best_bpb else "")
-            + f"; {run_tps:,.0f} tokens/s"
-        )
-        finished = ev.Finished(run.id, status, reason, step, _finite(best), best_bpb, total, run_tps)
-        self.emit(finished)
-        return finished
-
-    def _fit_schedule(self, run: Run, config: Config, step: int, seconds_per_step: float, left: float) -> Config:
-        """The run's config with max_iters where the time budget ends (the cosine ends there), recorded
-        in config.json and the log. Every rank fits the same step from the ranks' mean times."""
-        seconds_per_step = self.dist.mean(seconds_per_step)
-        left = self.dist.mean(left)  # seconds to the deadline (a resume given a budget: that much more)
-        end = fit_to_budget(step, seconds_per_step, left, config, self.dist.world_size)
-        run.update_config(schedule={"max_iters": end, "max_minutes": config.max_minutes, "fitted_at_step": step,
-                                    "seconds_per_step": round(seconds_per_step, 6)})
-        self.log(f"schedule: {seconds_per_step * 1000:,.1f} ms a step (steps {step - FIT_STEPS + 1}-{step}), so "
-                 f"{end:,} steps fit the {config.max_minutes:g}-minute budget: the cosine ends at step {end:,} "
-                 f"instead of {config.max_iters:,}")
-        return dataclasses.replace(config, max_iters=end)
+        return TrainingLoop(self, run, config, data, checkpoint).run()
 
     def log_header(self, run: Run, config: Config, params: int, device: str, dtype: str, resumed: bool) -> None:
         if resumed:
@@ -769,7 +511,331 @@ class TrainJob:
         settings = config_to_dict(config)
         width = max(map(len, settings))
         for key, value in settings.items():
-            self.log(f"  {key:<{width}} = {value}")
+            self.log(f"  {key:<{width}} = {value}", "setting")
+
+
+class TrainingLoop:
+    """One training session of a run, in parts: the model and its optimizer built (and restored from a checkpoint),
+    then `run()`: one `train_step` after another, with a `report` when due, an `evaluate` and a `save` every
+    eval_interval steps, a sample now and then, and `finish` at the end. The loop's own state (`TrainingState`) is
+    what a checkpoint keeps; the clocks and the loss summed since the last report are this session's alone."""
+
+    def __init__(self, job: TrainJob, run: Run, config: Config, data: Dataset, checkpoint: dict | None):
+        self.job, self.run_dir, self.config, self.data, self.dist = job, run, config, data, job.dist
+        torch.manual_seed(config.seed)
+        self.device = pick_device(config.device)
+        self.dtype = pick_dtype(config.dtype, self.device)
+        setup_backend(self.device)
+        self.model = GPT(ModelConfig.from_config(config, data.tokenizer.vocab_size)).to(self.device)
+        self.optimizer = self.model.configure_optimizer(
+            config.weight_decay, config.lr, (config.beta1, config.beta2), self.device, config.optimizer,
+            config.muon_lr, config.muon_momentum)
+        self.scaler = torch.amp.GradScaler(self.device, enabled=self.dtype == "float16")
+        # pinned host memory lets the copy to the GPU overlap the previous step's kernels
+        self.train_batches = BatchSampler(data.train, config.block_size, config.batch_size, config.seed,
+                                          rank=self.dist.rank, world_size=self.dist.world_size,
+                                          pin_memory=self.device == "cuda")
+        if self.dist.world_size > 1:
+            torch.manual_seed(config.seed + self.dist.rank)  # one initialisation for all; dropout differs by rank
+        self.state = TrainingState(world_size=self.dist.world_size)
+        self.saved_world = self.dist.world_size  # the processes that trained the run before (a resume)
+        self.resumed = checkpoint is not None
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        elif job._init_state is not None:  # a fine-tune: the source's weights, a fresh optimizer at step 0
+            self.model.load_state_dict(job._init_state)
+            job._init_state = None
+        self.ddp = self.dist.wrap(self.model)  # DistributedDataParallel on a process group; else the model itself
+        self.forward = self.ddp
+        if config.compile:
+            try:
+                self.forward = torch.compile(self.ddp)
+            except Exception as exc:
+                job.log(f"torch.compile unavailable ({type(exc).__name__}); training eagerly", "warning")
+        self.ctx = autocast(self.device, self.dtype)
+        self.elapsed_before = self.state.elapsed  # the sessions before this one
+        self.lr = 0.0
+
+    def _restore(self, checkpoint: dict) -> None:
+        """The weights, the optimizer and the training state of the checkpoint, and the random streams an
+        uninterrupted run would be drawing from (those of the same rank when the number of processes is kept)."""
+        dist, state = self.dist, from_checkpoint(checkpoint)
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.train_batches.set_state(state.batch_rng)
+        same_world = state.world_size == dist.world_size
+        if same_world and state.rank_rng is not None:
+            torch.set_rng_state(state.rank_rng[dist.rank])
+        elif dist.rank == 0:
+            torch.set_rng_state(state.torch_rng)
+        cuda_rng = state.cuda_rng if self.device == "cuda" else None
+        if cuda_rng and (same_world or dist.rank == 0):  # dropout on CUDA draws from these
+            torch.cuda.set_rng_state(cuda_rng[dist.rank if same_world else 0])
+        if not same_world:
+            self.run_dir.update_config(world_size=dist.world_size)
+        self.run_dir.truncate_metrics(state.step)
+        self.run_dir.write_state(status="running", pid=os.getpid(), host=socket.gethostname(),
+                                 heartbeat=time.time(), error=None)
+        self.saved_world = state.world_size
+        self.state = state
+
+    # --- before the first step -------------------------------------------------------------------------------
+
+    def _announce(self) -> None:
+        """The log's header, the trackers, the schedule, then `Started`."""
+        job, dist, config = self.job, self.dist, self.config
+        params = self.model.num_params()
+        job.log_header(self.run_dir, config, params, self.device, self.dtype, self.resumed)
+        saved_world = self.saved_world
+        if saved_world != dist.world_size:
+            job.log(f"data order changed: the checkpoint was trained by {saved_world} process"
+                    f"{'es' if saved_world > 1 else ''}, this run has {dist.world_size}, so each step draws "
+                    "other rows than an uninterrupted run would", "warning")
+        job._log_prepare(self.data)
+        if dist.is_main:
+            job._trackers = open_trackers(config.trackers, config.tracker_project, self.run_dir, job.log)
+        self._plan_schedule()
+        job.emit(ev.Started(self.run_dir.id, str(self.run_dir.path), params, self.device, self.dtype,
+                            self.state.step, self.config.max_iters, config_to_dict(self.config), dist.world_size))
+
+    def _plan_schedule(self) -> None:
+        """With a time budget: a schedule fitted before is kept for the same budget over the run's whole time; a
+        resume given a budget of its own (that many more minutes) or another budget is fitted again once the
+        first steps are timed (`fit_from`)."""
+        job, config = self.job, self.config
+        schedule = job._schedule if config.max_minutes > 0 and not job._more_minutes else None
+        if schedule is not None:
+            config = dataclasses.replace(config, max_iters=int(schedule["max_iters"]))
+            if schedule.get("max_minutes") == config.max_minutes:
+                job.log(f"schedule: ends at step {config.max_iters:,}, as fitted to the "
+                        f"{config.max_minutes:g}-minute budget when the run started")
+            else:
+                schedule = None
+        self.fit_from = self.state.step + FIT_SKIP_STEPS if config.max_minutes > 0 and schedule is None else -1
+        if self.fit_from >= 0 and config.max_iters <= self.fit_from + FIT_STEPS:  # it runs the steps it times
+            config = dataclasses.replace(config, max_iters=self.fit_from + FIT_STEPS + 1)
+        self.fitted = schedule is not None
+        self.config = config
+
+    def _start_clocks(self) -> None:
+        config = self.config
+        self.sampler = TrainingSampler(self.model, _sample_prompt(self.data), config.sample_tokens, config.seed,
+                                       self.job.log)
+        self.tokens_per_step = config.batch_size * config.block_size * config.grad_accum  # this rank's share
+        self.t_start = time.time()
+        self.t_report = time.perf_counter()
+        self.step_report, self.t_checkpoint = self.state.step, time.time()
+        self.start_step = self.state.step
+        self.loss_acc = torch.zeros((), device=self.device)
+        self.n_acc = 0
+        self.last_tps = 0.0
+        spent = 0.0 if self.job._more_minutes else self.elapsed_before
+        self.deadline = self.t_start + config.max_minutes * 60 - spent if config.max_minutes > 0 else None
+        self.t_fit = 0.0
+        self.last_eval_step = self.state.step if self.state.evaluated else -1  # a resume never evaluated: not yet
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.t_start
+
+    # --- the loop ----------------------------------------------------------------------------------------------
+
+    def run(self) -> ev.Finished:
+        self._announce()
+        self._start_clocks()
+        state, dist = self.state, self.dist
+        early_stop = False
+        stop, out_of_time = dist.any_true(self.job.stopping, self._out_of_time())
+        self.model.train()
+        while state.step < self.config.max_iters:
+            if dist.world_size == 1:  # a stop asked for while the last step was reported (ranks agree after a step)
+                stop = stop or self.job.stopping
+            if stop or out_of_time:
+                break
+            self.train_step()
+            # decided after the step, so the step that made a report due is in it, and the first one is reported
+            stop, out_of_time, report_due, checkpoint_due = self.agree()
+            self._time_for_schedule()
+            config = self.config
+            last = state.step == config.max_iters or state.step % config.eval_interval == 0
+            if report_due or last or state.step == self.start_step + 1:
+                self.report()
+            if last:
+                self.evaluate()
+                self.save("running")
+                if config.patience and state.bad_evals >= config.patience:
+                    early_stop = True
+                    break
+            elif checkpoint_due:
+                self.save("running")
+            if config.sample_interval and state.step % config.sample_interval == 0 and dist.is_main and not stop:
+                self.sample()  # only the run's owner samples: the others would throw their text away
+        return self.finish(stop and not early_stop, out_of_time, early_stop)
+
+    def train_step(self) -> None:
+        """One optimizer step: grad_accum micro-batches at this step's learning rate."""
+        config, dist = self.config, self.dist
+        self.lr = lr = lr_at(self.state.step, config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's groups run at muon_lr on the same schedule
+        for micro in range(config.grad_accum):
+            x, y = self.train_batches.next()
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            # gradients are averaged over the ranks once a step, on the last micro-step
+            with dist.no_sync(self.ddp) if micro < config.grad_accum - 1 else contextlib.nullcontext():
+                loss = self._forward(x, y)
+                self.scaler.scale(loss / config.grad_accum).backward()
+            self.loss_acc += loss.detach()
+            self.n_acc += 1
+        if config.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+
+    def _forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss of one micro-batch; a compiled model that fails falls back to eager for the rest of the run."""
+        try:
+            with self.ctx:
+                return self.forward(x, y)[1]
+        except Exception as exc:
+            if self.forward is self.ddp or isinstance(exc, torch.OutOfMemoryError):
+                raise
+            self.job.log(f"torch.compile failed ({type(exc).__name__}); training eagerly", "warning")
+            self.forward = self.ddp
+            with self.ctx:
+                return self.forward(x, y)[1]
+
+    def _out_of_time(self) -> bool:
+        return self.deadline is not None and time.time() >= self.deadline
+
+    def agree(self) -> tuple[bool, ...]:
+        """Stop, out of time, report due, checkpoint due: each true when true on any rank, so every rank stops,
+        reports and saves at the same step (one small collective a step; nothing on one process)."""
+        return self.dist.any_true(
+            self.job.stopping,
+            self._out_of_time(),
+            time.perf_counter() - self.t_report >= REPORT_SECONDS,
+            time.time() - self.t_checkpoint >= CHECKPOINT_SECONDS,
+        )
+
+    def _time_for_schedule(self) -> None:
+        """With a time budget to fit: time FIT_STEPS steps, then fix the step the schedule ends at."""
+        step = self.state.step
+        if step == self.fit_from:
+            self.t_fit = step_clock()
+        elif self.fit_from >= 0 and step == self.fit_from + FIT_STEPS:
+            self.config = self._fit_schedule(step, (step_clock() - self.t_fit) / FIT_STEPS,
+                                             self.deadline - time.time())
+            self.fitted = True
+
+    def _fit_schedule(self, step: int, seconds_per_step: float, left: float) -> Config:
+        """The run's config with max_iters where the time budget ends (the cosine ends there), recorded
+        in config.json and the log. Every rank fits the same step from the ranks' mean times."""
+        config = self.config
+        seconds_per_step = self.dist.mean(seconds_per_step)
+        left = self.dist.mean(left)  # seconds to the deadline (a resume given a budget: that much more)
+        end = fit_to_budget(step, seconds_per_step, left, config, self.dist.world_size)
+        self.run_dir.update_config(schedule={"max_iters": end, "max_minutes": config.max_minutes,
+                                             "fitted_at_step": step, "seconds_per_step": round(seconds_per_step, 6)})
+        self.job.log(f"schedule: {seconds_per_step * 1000:,.1f} ms a step (steps {step - FIT_STEPS + 1}-{step}), "
+                     f"so {end:,} steps fit the {config.max_minutes:g}-minute budget: the cosine ends at step "
+                     f"{end:,} instead of {config.max_iters:,}")
+        return dataclasses.replace(config, max_iters=end)
+
+    # --- the parts a step may call -----------------------------------------------------------------------------
+
+    def report(self) -> None:
+        """A Step event for the steps since the last report: the only sync with the device in the hot loop (over
+        several ranks, the mean loss and the summed speed)."""
+        dist, step, config = self.dist, self.state.step, self.config
+        now = time.perf_counter()
+        mean_loss = dist.mean(float(self.loss_acc) / max(1, self.n_acc))
+        self.last_tps = dist.sum((step - self.step_report) * self.tokens_per_step / max(1e-9, now - self.t_report))
+        # the ETA uses this session's whole pace, evaluations and samples included, so it does not jump
+        per_step = (time.time() - self.t_start) / max(1, step - self.start_step)
+        mem = memory_reading(self.device).as_dict()
+        self.job.emit(ev.Step(step, config.max_iters, round(self.elapsed(), 3), mean_loss, self.lr, self.last_tps,
+                              per_step * (config.max_iters - step), mem))
+        self.loss_acc.zero_()
+        self.n_acc, self.t_report, self.step_report = 0, now, step
+
+    def evaluate(self) -> None:
+        """Both splits' loss on the same batches as every evaluation; the weights kept when they are the best."""
+        state = self.state
+        losses = estimate_loss(self.model, self.data, self.config, self.ctx, self.device, self.config.seed + 1,
+                               self.dist)
+        bpb = losses["val"] / math.log(2) * self.data.val_tokens_per_byte
+        improved = losses["val"] < state.best_val_loss
+        if improved:
+            state.best_val_loss, state.best_val_bpb, state.bad_evals = losses["val"], bpb, 0
+            save_weights(self.run_dir, self.model)
+        else:
+            state.bad_evals += 1
+        self.last_eval_step = state.step
+        self.job.emit(ev.Eval(state.step, round(self.elapsed(), 3), losses["train"], losses["val"], bpb, improved))
+        self.job.log(
+            f"step {state.step:>6}  train {losses['train']:.4f}  val {losses['val']:.4f}  "
+            f"val bpb {bpb:.4f}{'  *best' if improved else ''}  {self.last_tps:,.0f} tok/s", "evaluation"
+        )
+
+    def save(self, status: str) -> None:
+        """checkpoint.pt, and state.json to match. model.safetensors holds evaluated weights only (written by
+        evaluate(); a stop evaluates first)."""
+        state, dist = self.state, self.dist
+        rank_rng = dist.gather(torch.get_rng_state())  # each rank's dropout stream, for an exact resume
+        cuda_rng = dist.gather(torch.cuda.get_rng_state()) if self.device == "cuda" else None
+        state.elapsed, state.world_size = self.elapsed(), dist.world_size
+        state.batch_rng, state.torch_rng = self.train_batches.state(), torch.get_rng_state()
+        state.cuda_rng, state.rank_rng = cuda_rng, rank_rng if dist.world_size > 1 else None
+        checkpoint = to_checkpoint(state, self.model.state_dict(), self.optimizer.state_dict())
+        self.run_dir.write_file(CHECKPOINT, lambda p: torch.save(checkpoint, p))
+        self.run_dir.write_state(status=status, step=state.step, best_val_loss=_finite(state.best_val_loss),
+                                 best_val_bpb=state.best_val_bpb, duration=round(state.elapsed, 1),
+                                 heartbeat=time.time())
+        self.t_checkpoint = time.time()
+
+    def sample(self) -> None:
+        t_sample = time.perf_counter()
+        text = self.data.tokenizer.decode(self.sampler.sample(self.state.step))
+        self.job.emit(ev.Sample(self.state.step, text, time.perf_counter() - t_sample))
+        self.job.log(f"sample at step {self.state.step}:\n{text}\n", "sample")
+
+    def finish(self, stopped: bool, out_of_time: bool, early_stop: bool) -> ev.Finished:
+        """The last report, evaluation and checkpoint, then `Finished` (status and why)."""
+        state, config, dist = self.state, self.config, self.dist
+        if self.n_acc:
+            self.report()  # the steps since the last report, when a stop or the time budget ended the run
+        reason = "reached max_iters"
+        if early_stop:
+            reason = f"early stopping: no improvement in {config.patience} evaluations"
+        elif stopped:
+            reason = self.job.stop_reason if self.job.stopping else "stopped by another rank"
+        elif out_of_time or self.fitted and state.step >= config.max_iters:
+            reason = f"time budget of {config.max_minutes:g} min reached"  # or the steps fitted to it are done
+        status = "stopped" if stopped else "completed"
+        if state.step > 0 and self.last_eval_step != state.step:
+            # a stop or the time budget ends between evaluations: measure where it got to, so what it learned
+            # since the last one is kept when it is the best (a run stopped before its first evaluation still
+            # leaves weights to talk to). Every rank takes part; the steps are on disk before it runs.
+            self.save("running")
+            self.evaluate()
+        self.save(status)
+        total = self.elapsed()
+        trained = state.step - self.start_step
+        run_tps = dist.sum(trained * self.tokens_per_step / max(1e-9, time.time() - self.t_start))
+        best = state.best_val_loss
+        self.job.log(
+            f"finished: {status} ({reason}) after {state.step} steps in {_duration(total)}; "
+            f"best val loss {_finite(best) if math.isfinite(best) else 'n/a'}"
+            + (f", {state.best_val_bpb:.4f} bits per byte" if state.best_val_bpb else "")
+            + f"; {run_tps:,.0f} tokens/s", "finish"
+        )
+        finished = ev.Finished(self.run_dir.id, status, reason, state.step, _finite(best), state.best_val_bpb,
+                               total, run_tps)
+        self.job.emit(finished)
+        return finished
 
 
 def fit_to_budget(step: int, seconds_per_step: float, seconds_left: float, config: Config,
@@ -821,27 +887,6 @@ def _load_source_weights(source: FineTuneSource, config: Config, vocab_size: int
     return model.state_dict()
 
 
-CHECKPOINT_KEYS = ("model", "optimizer", "step", "best_val_loss", "bad_evals", "elapsed", "batch_rng",
-                   "torch_rng")
-
-
-def checkpoint_problem(checkpoint: dict, config: Config, vocab_size: int) -> str | None:
-    """Why a loaded checkpoint cannot resume a model with these settings, or None (checked on shapes alone,
-    on the meta device: nothing is allocated)."""
-    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
-    if missing:
-        return f"checkpoint.pt is incomplete (no {', '.join(missing)})"
-    saved = checkpoint["model"]
-    if not isinstance(saved, dict) or not all(isinstance(v, torch.Tensor) for v in saved.values()):
-        return "checkpoint.pt holds no model weights"
-    with torch.device("meta"):
-        expected = GPT(ModelConfig.from_config(config, vocab_size)).state_dict()
-    odd = sorted(set(saved) ^ set(expected)) or [k for k in expected if saved[k].shape != expected[k].shape]
-    if odd:
-        return f"checkpoint.pt does not match config.json ({odd[0]} differs, {len(odd)} in all)"
-    return None
-
-
 def save_weights(run: Run, model: GPT) -> None:
     from safetensors.torch import save_model
 
@@ -865,10 +910,6 @@ def _listener_name(listener: Listener) -> str:
 
 def _finite(x: float) -> float | None:
     return round(x, 6) if math.isfinite(x) else None
-
-
-def _round(d: dict) -> dict:
-    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in d.items() if v is not None}
 
 
 def _duration(seconds: float) -> str:

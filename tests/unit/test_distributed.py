@@ -366,7 +366,8 @@ def test_a_clean_stop_after_an_interrupt_is_success(tmp_path, capsys):
 # --- following a run through its folder --------------------------------------------------------------------------
 
 
-def test_follower_turns_new_lines_into_events(tmp_path):
+def test_follower_reads_a_folder_written_before_log_lines_were_records(tmp_path):
+    """metrics.jsonl with steps and evaluations only, samples only in train.log: the legacy reader shows them."""
     run = Run(tmp_path / "r")
     run.path.mkdir()
     follower = RunFollower(run, max_iters=100)
@@ -393,7 +394,7 @@ def test_follower_turns_new_lines_into_events(tmp_path):
     assert events == [ev.Log("finished: completed (reached max_iters) after 20 steps")]
 
 
-def test_follower_of_a_resumed_run_skips_the_old_log(tmp_path):
+def test_follower_of_a_resumed_legacy_run_skips_the_old_log(tmp_path):
     run = Run(tmp_path / "r")
     run.path.mkdir()
     run.log("old line")
