@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import time
 from dataclasses import dataclass
 
 import torch
 
 from gptui.core.errors import InputError
 from gptui.core.sampling import INFERENCE_DTYPES
+
+BF16_PROBE_SIZE = 512  # square matmul timed to choose the CPU's autocast dtype
+BF16_PROBE_MARGIN = 0.8  # bfloat16 must take under this share of float32's time (a margin against noise)
 
 
 def cuda_available() -> bool:
@@ -48,6 +53,24 @@ def cpu_has_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+@functools.cache
+def cpu_bf16_matmul_pays_off() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices clearly faster than float32 (timed once per process, about
+    20 ms). The instruction flags do not tell: on some virtual machines with AVX512-BF16, torch's bfloat16 matmul
+    runs at 0.6x of float32, and autocast would make training slower, not faster."""
+    def best(dtype: torch.dtype) -> float:
+        a = torch.randn(BF16_PROBE_SIZE, BF16_PROBE_SIZE).to(dtype)
+        a @ a  # the first call pays for the kernel choice
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            a @ a
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    return best(torch.bfloat16) < BF16_PROBE_MARGIN * best(torch.float32)
+
+
 def bf16_native(device: str) -> bool:
     """Whether the device computes bfloat16 natively (CUDA with bf16; CPUs with AVX512-BF16 or AMX)."""
     if device == "cuda":
@@ -58,13 +81,16 @@ def bf16_native(device: str) -> bool:
 
 
 def pick_dtype(requested: str, device: str) -> str:
-    """The autocast dtype: bf16 where the hardware supports it, fp16 (with a grad scaler) on older GPUs."""
+    """The autocast dtype: bf16 where the hardware supports it (on a CPU, where its matmuls are also faster than
+    float32's), fp16 (with a grad scaler) on older GPUs."""
     if requested != "auto":
         if requested == "bfloat16" and device == "cuda" and not bf16_native(device):
             raise InputError("this GPU does not support bfloat16; use dtype=float16 or auto")
         if requested == "float16" and device == "cpu":
             raise InputError("float16 autocast is not supported on the CPU; use bfloat16 or float32")
         return requested
+    if device == "cpu":  # training is compute-bound: bfloat16 only where its matmuls are faster here
+        return "bfloat16" if cpu_has_bf16() and cpu_bf16_matmul_pays_off() else "float32"
     if bf16_native(device):
         return "bfloat16"
     return "float16" if device == "cuda" else "float32"

@@ -45,7 +45,12 @@ def test_cuda_dtype_is_bf16_where_supported_else_fp16(monkeypatch):
 
 def test_cpu_dtype_follows_native_bf16(monkeypatch):
     monkeypatch.setattr(dev, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(dev, "cpu_bf16_matmul_pays_off", lambda: True)
     assert dev.pick_dtype("auto", "cpu") == "bfloat16"
+    monkeypatch.setattr(dev, "cpu_bf16_matmul_pays_off", lambda: False)  # flags say bf16, its matmuls are slower
+    assert dev.pick_dtype("auto", "cpu") == "float32"
+    assert dev.pick_dtype("bfloat16", "cpu") == "bfloat16", "asked for, it is used all the same"
+    monkeypatch.setattr(dev, "cpu_bf16_matmul_pays_off", lambda: True)
     monkeypatch.setattr(dev, "cpu_has_bf16", lambda: False)
     assert dev.pick_dtype("auto", "cpu") == "float32"
     assert dev.pick_dtype("float32", "cpu") == "float32"
@@ -103,3 +108,13 @@ def test_cuda_optimizer_asks_for_fused_adamw():
     except RuntimeError as exc:  # a torch build without fused AdamW for CPU tensors
         pytest.skip(f"fused AdamW needs the tensors on a GPU here: {exc}")
     assert opt.defaults["fused"] is True
+
+
+def test_the_cpu_bf16_probe_answers_once_per_process(monkeypatch):
+    dev.cpu_bf16_matmul_pays_off.cache_clear()
+    calls = []
+    real = torch.randn
+    monkeypatch.setattr(torch, "randn", lambda *a, **k: calls.append(a) or real(*a, **k))
+    first = dev.cpu_bf16_matmul_pays_off()
+    assert isinstance(first, bool) and len(calls) == 2  # one bfloat16 and one float32 matrix
+    assert dev.cpu_bf16_matmul_pays_off() is first and len(calls) == 2
