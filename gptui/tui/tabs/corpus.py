@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import on, work
@@ -22,6 +22,9 @@ from gptui.core.errors import GptuiError
 from gptui.core.workspace import SAMPLE_CORPUS, CorpusInfo, Workspace
 from gptui.tui.formatting import human_bytes
 from gptui.tui.widgets.setting_field import SettingField
+
+if TYPE_CHECKING:
+    from gptui.core.data import TokenizerSpec
 
 # the "Data and tokenizer" group: everything preparing a corpus reads (where its text is, how it is cut into tokens)
 TOKENIZER_SETTINGS = tuple(s.name for s in SETTINGS if s.group == "data")
@@ -188,7 +191,7 @@ class CorpusTab(Vertical):
         self.post_message(self.TokenizerChanged(self.tokenizer_values()))
         self.refresh_cache_status()
 
-    def _spec(self):
+    def _spec(self) -> TokenizerSpec:
         from gptui.core.config import Config, apply_overrides
         from gptui.core.data import TokenizerSpec
 
@@ -224,15 +227,22 @@ class CorpusTab(Vertical):
             if name in table.rows:
                 table.update_cell(name, "cache", self._cache_text(name))
 
-    @on(Button.Pressed, "#prepare")
-    def action_prepare(self) -> None:
+    def _selected_spec(self) -> TokenizerSpec | None:
+        """The tokenizer settings for the selected corpus; None (and a notification) without a corpus or with
+        settings that do not make a tokenizer."""
         if self.corpus is None:
             self.notify("Select a corpus first.", severity="warning")
-            return
+            return None
         try:
-            spec = self._spec()
+            return self._spec()
         except (GptuiError, ValueError) as exc:
             self.notify(f"Fix the tokenizer settings first: {exc}", severity="error")
+            return None
+
+    @on(Button.Pressed, "#prepare")
+    def action_prepare(self) -> None:
+        spec = self._selected_spec()
+        if spec is None:
             return
         self.query_one("#prepare", Button).disabled = True
         self.query_one("#prepare-cancel", Button).disabled = False
@@ -245,13 +255,8 @@ class CorpusTab(Vertical):
         """The Tokens view of the selected corpus, with its tokenizer settings' prepared cache (or a run's)."""
         from gptui.tui.widgets.tokens import TokensScreen
 
-        if self.corpus is None:
-            self.notify("Select a corpus first.", severity="warning")
-            return
-        try:
-            spec = self._spec()
-        except (GptuiError, ValueError) as exc:
-            self.notify(f"Fix the tokenizer settings first: {exc}", severity="error")
+        spec = self._selected_spec()
+        if spec is None:
             return
         self.app.push_screen(TokensScreen(self.workspace, self.corpus, self.infos[self.corpus].path, spec,
                                           self._text_field()))
