@@ -225,7 +225,7 @@ def test_every_preset_trains_exports_and_gives_our_logits_and_text(preset, tmp_p
     assert_matches_transformers(run, out, transformers, cls.name)
 
 
-@pytest.mark.parametrize(("preset", "expected"), [("tiny", NANOCHAT), ("gpu", NANOCHAT), ("tiny-classic", GPT2),
+@pytest.mark.parametrize(("preset", "expected"), [("tiny", QWEN3), ("gpu", QWEN3), ("tiny-classic", GPT2),
                                                   ("lecture", GPT2), ("seed", GPT2)])
 def test_each_preset_exports_to_the_class_the_readme_names(preset, expected):
     assert hf_class_for(preset_config(preset)) is expected
@@ -262,8 +262,9 @@ def test_every_refusal_names_the_settings_in_the_way_and_a_fix_that_exports():
 
 
 def test_the_refusal_reads_right():
-    """Today's tiny recipe without the embedding norm: one setting away from NanoChat, two from Qwen3."""
-    config = dataclasses.replace(preset_config("tiny"), embed_norm=False)
+    """tiny's recipe with ReLU² and a soft-cap but no embedding norm: one setting away from NanoChat, two from
+    Qwen3."""
+    config = dataclasses.replace(preset_config("tiny"), mlp="relu2", logit_softcap=15.0, embed_norm=False)
     with pytest.raises(InputError) as caught:
         hf_class_for(config)
     assert str(caught.value) == ("no transformers class computes this recipe exactly (embed_norm=false is in the "
