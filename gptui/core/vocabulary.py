@@ -10,13 +10,14 @@ id's byte length) and the characters (each id's bytes that start a UTF-8 charact
 from __future__ import annotations
 
 import codecs
-import os
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from gptui.core.errors import InputError
+from gptui.core.fsio import atomic_write
 from gptui.core.tokenizer import EOT, Tokenizer, token_spans
 
 COUNTS_FILE = "token_counts.npy"
@@ -131,14 +132,14 @@ def token_counts(tokens: np.ndarray, vocab_size: int, folder: Path | None = None
     for start in range(0, len(tokens), COUNT_CHUNK):
         counts += np.bincount(tokens[start : start + COUNT_CHUNK], minlength=vocab_size)[:vocab_size]
     if path is not None and len(tokens) >= CACHE_COUNTS_FROM:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:  # a read-only cache only costs the next look a recount
-            with open(tmp, "wb") as f:
-                np.save(f, counts, allow_pickle=False)
-            os.replace(tmp, path)
-        except OSError:
-            tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only cache only costs the next look a recount
+            atomic_write(path, lambda tmp: _save_array(tmp, counts))
     return counts
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # given a path, np.save would write to path + ".npy"
+        np.save(f, array, allow_pickle=False)
 
 
 def corpus_stats(tokenizer: Tokenizer, counts: np.ndarray) -> CorpusStats:
