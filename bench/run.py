@@ -684,7 +684,7 @@ def bench_time_to_quality(plan: Plan, tmp: Path) -> list[Row]:
 
     ours, classic, theirs = (results[k][0].best_val_bpb for k in ("tiny", "tiny-classic", "nanogpt"))
     return [
-        Row("time_to_quality", round(ours, 4), "val bits/byte", "<= 2.10", ours <= 2.10, f"tiny = {describe('tiny')}"),
+        Row("time_to_quality", round(ours, 4), "val bits/byte", "<= 2.05", ours <= 2.05, f"tiny = {describe('tiny')}"),
         Row("time_to_quality_classic", round(classic, 4), "val bits/byte", "", None,
             f"tiny-classic = {describe('tiny-classic')}"),
         Row("time_to_quality_nanogpt", round(theirs, 4), "val bits/byte", f"> tiny ({ours:.4f})", theirs > ours,

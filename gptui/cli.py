@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from gptui.core.config import DEFAULT_PRESET, PRESETS
 from gptui.core.errors import GptuiError, InputError
 from gptui.core.sampling import INFERENCE_DTYPES
 
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model headless")
     t.add_argument("--input", help="corpus in inputs/: a .txt, .txt.gz, .jsonl(.gz) or .parquet file or a folder, "
                                    "named with or without its extension")
-    t.add_argument("--preset", default=None, help="tiny, lecture or seed (default: tiny)")
+    t.add_argument("--preset", default=None, help=f"{', '.join(PRESETS)} (default: {DEFAULT_PRESET})")
     t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting (repeatable); `gptui settings` lists them")
     t.add_argument("--name", help="name for the run folder (sanitised)")
@@ -89,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prepare", help="train the tokenizer and encode a corpus (cached)")
     pr.add_argument("--input", required=True)
     pr.add_argument("--tokenizer", choices=("bpe", "char"), default="bpe")
-    pr.add_argument("--vocab-size", type=int, default=None)
+    pr.add_argument("--vocab-size", type=int, default=None,
+                    help=f"BPE vocabulary size (default: the {DEFAULT_PRESET} preset's, so a later `train` finds it "
+                         "cached)")
     pr.add_argument("--split-pattern", choices=("gpt4", "gpt2"), default="gpt4")
     pr.add_argument("--replace-errors", action="store_true")
     pr.add_argument("--skip-bad-rows", action="store_true",
@@ -438,12 +441,12 @@ def cmd_runs(args, workspace) -> int:
 
 
 def cmd_prepare(args, workspace) -> int:
-    from gptui.core.config import SETTINGS_BY_NAME
+    from gptui.core.config import SETTINGS_BY_NAME, preset_config
     from gptui.core.data import TokenizerSpec, prepare
 
     workspace.ensure()
     path = workspace.corpus_path(args.input)
-    vocab = args.vocab_size if args.vocab_size is not None else 512
+    vocab = args.vocab_size if args.vocab_size is not None else preset_config(DEFAULT_PRESET).vocab_size
     if args.tokenizer == "bpe" and not 257 <= vocab <= 1 << 20:
         raise InputError(f"--vocab-size must be between 257 and {1 << 20}, not {vocab}")
     text_field = SETTINGS_BY_NAME["text_field"].default if args.text_field is None else args.text_field

@@ -72,36 +72,19 @@ from gptui.core.runs import (
     state_readable,
     tokenizer_vocab_size,
 )
+from gptui.core.schedule import FIT_STEPS, BudgetFit, Fit, fit_to_budget, lr_at
 from gptui.core.tokenizer import load_tokenizer
 from gptui.core.trackers import TrackerListener, check_available, open_trackers
 from gptui.core.workspace import Workspace
 
 REPORT_SECONDS = 0.5  # at most this long between step events (the only place the loss is read back)
 CHECKPOINT_SECONDS = 300.0  # a checkpoint at least this often, so a kill costs minutes, not hours
-# With a time budget the schedule ends where the budget does: after FIT_SKIP_STEPS untimed steps (allocation, cold
-# caches), FIT_STEPS are timed, and the steps that fit are fixed once, recorded in config.json ("schedule") and
-# kept by a resume, so a run's learning rates do not depend on how the machine's load varies later.
-FIT_SKIP_STEPS = 2
-FIT_STEPS = 8
-BUDGET_MARGIN = 0.97  # of the time left: samples and checkpoints are not estimated
-step_clock = time.perf_counter  # what the fit times steps with (tests put a fake clock here)
 
 Listener = Callable[[ev.Event], None]
 
 
 class TrainingFailed(GptuiError):
     pass
-
-
-def lr_at(step: int, config: Config) -> float:
-    """Linear warm-up to lr, then cosine decay to min_lr at max_iters (with a time budget, the step fitted to it:
-    the trainer replaces max_iters once it has timed the first steps)."""
-    if step < config.warmup_iters:
-        return config.lr * (step + 1) / (config.warmup_iters + 1)
-    if step >= config.max_iters:
-        return config.min_lr
-    progress = (step - config.warmup_iters) / max(1, config.max_iters - config.warmup_iters)
-    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
 
 
 class TrainJob:
@@ -601,7 +584,7 @@ class TrainingLoop:
     def _plan_schedule(self) -> None:
         """With a time budget: a schedule fitted before is kept for the same budget over the run's whole time; a
         resume given a budget of its own (that many more minutes) or another budget is fitted again once the
-        first steps are timed (`fit_from`)."""
+        first steps are timed (`BudgetFit`)."""
         job, config = self.job, self.config
         schedule = job._schedule if config.max_minutes > 0 and not job._more_minutes else None
         if schedule is not None:
@@ -611,9 +594,9 @@ class TrainingLoop:
                         f"{config.max_minutes:g}-minute budget when the run started")
             else:
                 schedule = None
-        self.fit_from = self.state.step + FIT_SKIP_STEPS if config.max_minutes > 0 and schedule is None else -1
-        if self.fit_from >= 0 and config.max_iters <= self.fit_from + FIT_STEPS:  # it runs the steps it times
-            config = dataclasses.replace(config, max_iters=self.fit_from + FIT_STEPS + 1)
+        self.fit = BudgetFit(self.state.step) if config.max_minutes > 0 and schedule is None else None
+        if self.fit and config.max_iters <= self.fit.fit_from + FIT_STEPS:  # it runs the steps it times
+            config = dataclasses.replace(config, max_iters=self.fit.fit_from + FIT_STEPS + 1)
         self.fitted = schedule is not None
         self.config = config
 
@@ -631,7 +614,8 @@ class TrainingLoop:
         self.last_tps = 0.0
         spent = 0.0 if self.job._more_minutes else self.elapsed_before
         self.deadline = self.t_start + config.max_minutes * 60 - spent if config.max_minutes > 0 else None
-        self.t_fit = 0.0
+        if self.fit:
+            self.fit.start(self.deadline - self.t_start)
         self.last_eval_step = self.state.step if self.state.evaluated else -1  # a resume never evaluated: not yet
 
     def elapsed(self) -> float:
@@ -660,15 +644,18 @@ class TrainingLoop:
             if report_due or last or state.step == self.start_step + 1:
                 self.report()
             if last:
-                self.evaluate()
-                self.save("running")
+                with self._aside("eval"):
+                    self.evaluate()
+                    self.save("running")
                 if config.patience and state.bad_evals >= config.patience:
                     early_stop = True
                     break
             elif checkpoint_due:
-                self.save("running")
+                with self._aside("checkpoint"):
+                    self.save("running")
             if config.sample_interval and state.step % config.sample_interval == 0 and dist.is_main and not stop:
-                self.sample()  # only the run's owner samples: the others would throw their text away
+                with self._aside("sample"):
+                    self.sample()  # only the run's owner samples: the others would throw their text away
         return self.finish(stop and not early_stop, out_of_time, early_stop)
 
     def train_step(self) -> None:
@@ -720,28 +707,41 @@ class TrainingLoop:
             time.time() - self.t_checkpoint >= CHECKPOINT_SECONDS,
         )
 
+    def _aside(self, kind: str):
+        """Work that is not a training step, taken out of the pace a time budget is fitted from."""
+        return self.fit.aside(kind) if self.fit else contextlib.nullcontext()
+
     def _time_for_schedule(self) -> None:
-        """With a time budget to fit: time FIT_STEPS steps, then fix the step the schedule ends at."""
-        step = self.state.step
-        if step == self.fit_from:
-            self.t_fit = step_clock()
-        elif self.fit_from >= 0 and step == self.fit_from + FIT_STEPS:
-            self.config = self._fit_schedule(step, (step_clock() - self.t_fit) / FIT_STEPS,
-                                             self.deadline - time.time())
+        """With a time budget to fit: when the step just done is one to fit at, fix the step the schedule ends at."""
+        pace = self.fit.pace_at(self.state.step) if self.fit else None
+        if pace is not None:
+            self.config = self._fit_schedule(pace)
             self.fitted = True
 
-    def _fit_schedule(self, step: int, seconds_per_step: float, left: float) -> Config:
-        """The run's config with max_iters where the time budget ends (the cosine ends there), recorded
-        in config.json and the log. Every rank fits the same step from the ranks' mean times."""
-        config = self.config
-        seconds_per_step = self.dist.mean(seconds_per_step)
-        left = self.dist.mean(left)  # seconds to the deadline (a resume given a budget: that much more)
-        end = fit_to_budget(step, seconds_per_step, left, config, self.dist.world_size)
-        self.run_dir.update_config(schedule={"max_iters": end, "max_minutes": config.max_minutes,
-                                             "fitted_at_step": step, "seconds_per_step": round(seconds_per_step, 6)})
-        self.job.log(f"schedule: {seconds_per_step * 1000:,.1f} ms a step (steps {step - FIT_STEPS + 1}-{step}), "
-                     f"so {end:,} steps fit the {config.max_minutes:g}-minute budget: the cosine ends at step "
-                     f"{end:,} instead of {config.max_iters:,}")
+    def _fit_schedule(self, seconds_per_step: float) -> Config:
+        """The run's config with max_iters where the time budget ends (the cosine ends there), recorded in
+        config.json and the log. Every rank fits the same step from the ranks' mean times."""
+        config, dist, fit, step = self.config, self.dist, self.fit, self.state.step
+        refit = fit.refit_at is not None
+        seconds_per_step = dist.mean(seconds_per_step)
+        left = dist.mean(fit.seconds_left())  # to the deadline (a resume given a budget: that much more)
+        measured = fit.measured.get("eval")
+        eval_seconds = None if measured is None else dist.mean(measured)  # every rank evaluates at the same steps
+        sample_seconds = dist.sum(fit.measured.get("sample", 0.0))  # the main process samples, alone
+        end = fit_to_budget(step, seconds_per_step, left, config, dist.world_size, eval_seconds=eval_seconds,
+                            sample_seconds=sample_seconds)
+        if refit:
+            fit.finish()
+        else:
+            fit.plan_refit(step, end, config.eval_interval)
+        found = Fit(end, step, seconds_per_step, eval_seconds, refit)
+        self.run_dir.update_config(schedule=found.record(config.max_minutes))
+        pace = f"{seconds_per_step * 1000:,.1f} ms a step (steps {fit.fit_from + 1}-{step})"
+        if eval_seconds is not None:
+            pace += f" and {eval_seconds:,.1f} s an evaluation"
+        then = f" (timed again at step {fit.refit_at:,})" if not refit and fit.refit_at < end else ""
+        self.job.log(f"schedule: {pace}, so {end:,} steps fit the {config.max_minutes:g}-minute budget: the cosine "
+                     f"ends at step {end:,} instead of {config.max_iters:,}{then}")
         return dataclasses.replace(config, max_iters=end)
 
     # --- the parts a step may call -----------------------------------------------------------------------------
@@ -836,16 +836,6 @@ class TrainingLoop:
                                total, run_tps)
         self.job.emit(finished)
         return finished
-
-
-def fit_to_budget(step: int, seconds_per_step: float, seconds_left: float, config: Config,
-                  world_size: int = 1) -> int:
-    """The step a run now at `step`, taking `seconds_per_step`, should end its schedule at to use `seconds_left`:
-    the steps that fit, with an evaluation every eval_interval steps and one at the end (2 x eval_iters
-    micro-batches forward only, each about a third of a training micro-step, shared out over the ranks)."""
-    eval_seconds = seconds_per_step * 2 * config.eval_iters / (3 * config.grad_accum * world_size)
-    per_step = seconds_per_step + eval_seconds / config.eval_interval
-    return step + max(1, int((BUDGET_MARGIN * seconds_left - eval_seconds) / per_step))
 
 
 @torch.no_grad()

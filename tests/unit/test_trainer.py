@@ -14,7 +14,8 @@ from gptui.core import events as ev
 from gptui.core.config import check
 from gptui.core.errors import CorpusError, InputError
 from gptui.core.runs import RunStore
-from gptui.core.trainer import TrainJob, lr_at
+from gptui.core.schedule import lr_at
+from gptui.core.trainer import TrainJob
 
 
 def train(ws, config, *, corpus="tiny", stop_at_eval: int | None = None, **kw):

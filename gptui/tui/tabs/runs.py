@@ -16,6 +16,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.widgets import Button, DataTable, RichLog, Static, TabbedContent, TabPane
 
@@ -178,11 +179,14 @@ class RunsTab(Vertical):
 
     def on_runs_tab_listed(self, message: Listed) -> None:
         # not stopped: the app hands the listing to the Generate tab too
-        if message.infos != self.infos:
-            self.infos = message.infos
-            self.marked &= {i.id for i in self.infos}
-            self._fill_table()
-        self._show_detail()
+        try:
+            if message.infos != self.infos:
+                self.infos = message.infos
+                self.marked &= {i.id for i in self.infos}
+                self._fill_table()
+            self._show_detail()
+        except NoMatches:
+            pass  # a listing that arrives while the app quits finds the tab's widgets already taken down
 
     def _fill_table(self) -> None:
         table = self.query_one("#runs-table", DataTable)
@@ -288,12 +292,16 @@ class RunsTab(Vertical):
 
     @on(_Detail)
     def _detail(self, message: _Detail) -> None:
-        plot = self.query_one("#runs-plot", LossPlot)
+        try:
+            plot = self.query_one("#runs-plot", LossPlot)
+            settings = self.query_one("#runs-settings", Static)
+            log = self.query_one("#runs-log", RichLog)
+        except NoMatches:
+            return  # the app quit while the worker read the run: its widgets are being taken down
         plot.clear(message.title)
         for name, (xs, ys) in message.series.items():
             plot.set_series(name, xs, ys)
-        self.query_one("#runs-settings", Static).update(message.settings)
-        log = self.query_one("#runs-log", RichLog)
+        settings.update(message.settings)
         log.clear()
         log.write(Text(message.log[-100_000:]))
 
