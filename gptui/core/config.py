@@ -277,7 +277,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 6144 2.0275 and 8192 2.0076, although its head makes a step 1.7x slower (bench/RESULTS.md, 2026-12-02).
     "tiny": dict(
         pos_embedding="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", tie_embeddings=False, logit_softcap=0.0,
-        optimizer="muon", muon_lr=0.02, vocab_size=8192, max_iters=240, eval_interval=80, sample_interval=80,
+        optimizer="muon", muon_lr=0.02, vocab_size=8192, max_iters=210, eval_interval=70, sample_interval=70,
     ),
     # The tiny preset as it was before the modern recipe (GPT-2 architecture, AdamW), kept to compare against.
     "tiny-classic": {},
