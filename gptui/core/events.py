@@ -77,6 +77,17 @@ class Log:
 
 
 @dataclass(frozen=True)
+class Saved:
+    """A checkpoint was written: checkpoint.pt holds this step (the run folder's state.json follows it)."""
+
+    step: int
+    status: str  # running, completed or stopped
+    best_val_loss: float | None
+    best_val_bpb: float | None
+    elapsed: float
+
+
+@dataclass(frozen=True)
 class Finished:
     run_id: str
     status: str  # completed, stopped or failed
@@ -88,13 +99,13 @@ class Finished:
     tokens_per_sec: float
 
 
-Event = Prepare | Started | Step | Eval | Sample | Log | Finished
+Event = Prepare | Started | Step | Eval | Sample | Log | Saved | Finished
 
 
 # --- one codec: event <-> metrics.jsonl record -------------------------------------------------------------------
 
 RECORD_TYPES: dict[type, str] = {Prepare: "prepare", Started: "start", Step: "train", Eval: "eval", Sample: "sample",
-                                 Log: "log", Finished: "finish"}
+                                 Log: "log", Saved: "checkpoint", Finished: "finish"}
 _EVENT_TYPES = {name: cls for cls, name in RECORD_TYPES.items()}
 LEGACY_TYPES = ("train", "eval")  # the only records of run folders written before log lines and samples were records
 

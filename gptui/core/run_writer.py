@@ -3,7 +3,8 @@
 
 Every event but the data's progress becomes one record of `metrics.jsonl` (gptui.core.events' codec); a log line
 also goes to `train.log` for people; a step refreshes state.json's heartbeat now and then, so other processes see
-the run alive, and the end of the run writes its final status. A log line that cannot be written is let go (a log
+the run alive, a checkpoint brings state.json to its step and best losses, and the end of the run writes its final
+status. A log line that cannot be written is let go (a log
 must never end a run); any other write that fails is the run's failure, as it always was.
 """
 
@@ -37,7 +38,7 @@ class RunWriter:
             return
         if isinstance(event, ev.Started):
             self.step = event.start_step
-        elif isinstance(event, ev.Step | ev.Eval | ev.Sample | ev.Finished):
+        elif isinstance(event, ev.Step | ev.Eval | ev.Sample | ev.Saved | ev.Finished):
             self.step = event.step
         if isinstance(event, ev.Finished) and event.status == "failed":
             self._failed(event)
@@ -46,6 +47,10 @@ class RunWriter:
         if isinstance(event, ev.Step) and time.time() - self._t_state >= STATE_SECONDS:
             self.run.write_state(step=event.step, duration=round(event.elapsed, 1), heartbeat=time.time())
             self._t_state = time.time()
+        elif isinstance(event, ev.Saved):
+            self.run.write_state(status=event.status, step=event.step, best_val_loss=event.best_val_loss,
+                                 best_val_bpb=event.best_val_bpb, duration=round(event.elapsed, 1),
+                                 heartbeat=time.time())
         elif isinstance(event, ev.Finished):
             self.run.write_state(status=event.status, pid=None, stop_reason=event.reason,
                                  tokens_per_sec=round(event.tokens_per_sec, 1))

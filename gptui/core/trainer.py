@@ -781,8 +781,8 @@ class TrainingLoop:
         )
 
     def save(self, status: str) -> None:
-        """checkpoint.pt, and state.json to match. model.safetensors holds evaluated weights only (written by
-        evaluate(); a stop evaluates first)."""
+        """checkpoint.pt, then `Saved` (the run folder's writer brings state.json to match). model.safetensors
+        holds evaluated weights only (written by evaluate(); a stop evaluates first)."""
         state, dist = self.state, self.dist
         rank_rng = dist.gather(torch.get_rng_state())  # each rank's dropout stream, for an exact resume
         cuda_rng = dist.gather(torch.cuda.get_rng_state()) if self.device == "cuda" else None
@@ -791,9 +791,8 @@ class TrainingLoop:
         state.cuda_rng, state.rank_rng = cuda_rng, rank_rng if dist.world_size > 1 else None
         checkpoint = to_checkpoint(state, self.model.state_dict(), self.optimizer.state_dict())
         self.run_dir.write_file(CHECKPOINT, lambda p: torch.save(checkpoint, p))
-        self.run_dir.write_state(status=status, step=state.step, best_val_loss=_finite(state.best_val_loss),
-                                 best_val_bpb=state.best_val_bpb, duration=round(state.elapsed, 1),
-                                 heartbeat=time.time())
+        self.job.emit(ev.Saved(state.step, status, _finite(state.best_val_loss), state.best_val_bpb,
+                               round(state.elapsed, 3)))
         self.t_checkpoint = time.time()
 
     def sample(self) -> None:

@@ -27,6 +27,8 @@ EVERY_TYPE = [
     ev.Sample(10, "text"),
     ev.Log("step     10  train 3.1250  val 3.2500", "evaluation"),
     ev.Log("gptui 1.0; run r1"),
+    ev.Saved(50, "running", 3.25, 4.5, 60.0),
+    ev.Saved(0, "stopped", None, None, 0.5),
     ev.Finished("r1", "completed", "reached max_iters", 50, 3.25, 4.5, 60.0, 2000.0),
     ev.Finished("r1", "failed", "out of memory", 0, None, None, 1.0, 0.0),
 ]
@@ -108,6 +110,13 @@ def test_the_run_folder_holds_the_stream_and_a_follower_shows_it_from_the_record
     assert [r["type"] for r in records][-1] == "finish" and "start" in [r["type"] for r in records]
     assert {r["kind"] for r in records if r["type"] == "log"} >= {"info", "setting", "evaluation", "sample",
                                                                   "finish", "warning"}
+    # each checkpoint is a record, and state.json is written from it: the last one is the finished run's
+    saved = [r for r in records if r["type"] == "checkpoint"]
+    assert [(r["step"], r["status"]) for r in saved] == [(6, "running"), (12, "running"), (12, "completed")]
+    state = run.read_state()
+    assert (state["status"], state["step"]) == ("completed", 12)
+    assert state["best_val_bpb"] == pytest.approx(saved[-1]["best_val_bpb"])  # the record keeps 6 decimals
+    assert state["best_val_loss"] == pytest.approx(saved[-1]["best_val_loss"])
 
     # the follower reads the records only: train.log's wording may change (here: all of it)
     run.file("train.log").write_text("reworded\nsample at step 6:\nnot a sample\n", encoding="utf-8")
