@@ -45,7 +45,8 @@ def test_resuming_a_run_another_process_trains_is_refused_with_a_notice(home: Pa
             await wait_for(pilot, lambda: notices(app, "Cannot resume"), "the refusal")
             (text,) = notices(app, "Cannot resume")
             assert text.startswith(f"run {run_id} is already training in another process (pid ")
-            assert not app.train_tab.running
+            # the worker posts the refusal just before it ends: the tab stops running a moment later
+            await wait_for(pilot, lambda: not app.train_tab.running, "the training worker to end", tries=100)
             assert app.train_tab.stats["status"].startswith("refused: run ")
 
     with claim_run(run.path, run_id):  # as another terminal's `gptui train --resume` holds it

@@ -174,7 +174,8 @@ def test_a_full_disk_while_training_is_reported_and_the_app_keeps_running(home: 
             tab = app.train_tab
             await wait_for(pilot, lambda: any((n.title or "") == "Training failed" for n in app._notifications),
                            "the failure to be reported", tries=900)
-            assert not tab.running
+            # the worker posts the failure just before it ends: the tab stops running a moment later
+            await wait_for(pilot, lambda: not tab.running, "the training worker to end", tries=100)
             assert any("No space left on device" in n.message for n in app._notifications)
             await pilot.press("f5")  # the app still answers
             await pilot.pause()
