@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from rich.text import Text
+
+# how a run's log line looks by its kind (gptui.core.events.LOG_KINDS): what went wrong stands out, the settings
+# header recedes, an evaluation (the line people look for) is bold
+LOG_STYLES = {"warning": "bold yellow", "error": "bold red", "evaluation": "bold", "finish": "bold green",
+              "setting": "dim", "sample": "italic", "info": ""}
+
 
 def human_bytes(n: float | None) -> str:
     if n is None:
@@ -49,3 +56,8 @@ def memory_text(memory: dict | None) -> str:
             f" · {human_bytes(memory.get('peak'))} peak"
         )
     return f"process {human_bytes(memory.get('allocated'))} (peak {human_bytes(memory.get('peak'))})"
+
+
+def log_text(line: str, kind: str = "info") -> Text:
+    """One line of a run's log, styled by its kind."""
+    return Text(line, style=LOG_STYLES.get(kind, ""))

@@ -135,7 +135,7 @@ class RunsTab(Vertical):
                 with VerticalScroll():
                     yield Static(id="runs-settings")
             with TabPane("Log", id="runs-log-pane"):
-                yield RichLog(id="runs-log", max_lines=2000, wrap=True)
+                yield RichLog(id="runs-log", max_lines=2000, wrap=True, min_width=20)  # wrap at its own width
 
     def on_mount(self) -> None:
         self._set_columns()

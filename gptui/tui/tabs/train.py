@@ -27,7 +27,7 @@ from gptui.core.finetune import KEPT_SETTINGS
 from gptui.core.request import TrainRequest, resolve_request
 from gptui.core.runs import Run
 from gptui.core.workspace import Workspace
-from gptui.tui.formatting import human_duration, human_number, loss_text, memory_text
+from gptui.tui.formatting import human_duration, human_number, log_text, loss_text, memory_text
 from gptui.tui.widgets.loss_plot import LossPlot
 
 LOG_LINES = 400
@@ -106,7 +106,7 @@ class TrainTab(Vertical):
         with Horizontal(id="train-bottom"):
             with VerticalScroll(id="train-sample-scroll"):
                 yield Static("Samples appear here as the model learns.", id="train-sample")
-            yield RichLog(id="train-log", max_lines=LOG_LINES, wrap=True)
+            yield RichLog(id="train-log", max_lines=LOG_LINES, wrap=True, min_width=20)  # wrap at its own width
 
     def on_mount(self) -> None:
         self.query_one("#train-sample-scroll").border_title = "Latest sample"
@@ -368,7 +368,7 @@ class TrainTab(Vertical):
         elif isinstance(e, ev.Log):
             log = self.query_one("#train-log", RichLog)
             for line in e.line.splitlines() or [""]:
-                log.write(Text(line))
+                log.write(log_text(line, e.kind))
         elif isinstance(e, ev.Finished):
             self._finished(e)
         self._show_stats()

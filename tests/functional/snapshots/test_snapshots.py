@@ -70,7 +70,10 @@ def test_train_tab(app: GptuiApp, snap_compare) -> None:
                                     "peak": 310 << 20}))
             if step % 50 == 0:
                 tab.show_event(ev.Eval(step, step * 0.4, 4.1 - step / 100, 4.3 - step / 100, 3.1, True))
-                tab.show_event(ev.Log(f"step {step:>6}  val {4.3 - step / 100:.4f}"))
+                tab.show_event(ev.Log(f"step {step:>6}  val {4.3 - step / 100:.4f}", "evaluation"))
+            if step == 120:
+                tab.show_event(ev.Log("warning: the tensorboard tracker failed (OSError: disk full); training goes "
+                                      "on without it", "warning"))
         tab.show_event(ev.Sample(200, "ROMEO:\nWhat light through yonder window breaks?"))
         await settle(pilot)
 
