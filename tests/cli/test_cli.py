@@ -164,6 +164,17 @@ def test_prepare_twice_is_a_cache_hit(home):
     assert first.stdout.split(";")[0] == second.stdout.split(";")[0], "same token count and tokenizer"
 
 
+def test_prepare_without_a_vocabulary_size_prepares_the_default_presets(home):
+    """So a later `gptui train` with the default preset finds the tokens cached."""
+    from gptui.core.config import DEFAULT_PRESET, preset_config
+
+    first = gptui(home, "prepare", "--input", "tiny")
+    assert first.returncode == 0, first.stderr
+    vocab = preset_config(DEFAULT_PRESET).vocab_size
+    same = gptui(home, "prepare", "--input", "tiny", "--tokenizer", "bpe", "--vocab-size", str(vocab))
+    assert same.returncode == 0 and "cache hit" in same.stdout, same.stdout
+
+
 def test_corpora(home):
     result = gptui(home, "corpora")
     assert result.returncode == 0
