@@ -5,15 +5,17 @@ line longer than the log is wide wraps at the log's own width, every word of it 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from pathlib import Path
 
 from rich.style import Style
-from textual.widgets import RichLog
+from textual.widgets import DataTable, RichLog, TabbedContent
 
 from gptui.core import events as ev
 from gptui.tui.app import make_app
 from gptui.tui.formatting import LOG_STYLES
-from tests.functional.conftest import started
+from tests.functional.conftest import TINY, started, wait_for
 
 LONG = ("warning: the tensorboard tracker failed (OSError: No space left on device); training goes on without it, "
         "and the run folder keeps every record")
@@ -55,3 +57,43 @@ def test_the_train_log_styles_each_line_by_its_kind_and_wraps_at_its_width(home:
     for plain in (lines["info"], "a line of a newer kind"):
         style = shown[plain]
         assert style is None or not (style.bold or style.dim or style.italic or style.color), plain
+
+
+def test_the_runs_tab_log_shows_a_runs_lines_by_kind_and_an_older_runs_log_as_written(home: Path) -> None:
+    from gptui.core.config import Config, apply_overrides, check
+    from gptui.core.runs import RunStore
+    from gptui.core.trainer import TrainJob
+    from gptui.core.workspace import Workspace
+
+    config = check(apply_overrides(Config(), {**TINY, "max_iters": 6, "eval_interval": 3, "sample_interval": 0}))
+    typed = TrainJob(Workspace(home), "small", config, name="typed").run().run_id
+    older = TrainJob(Workspace(home), "small", config, name="older").run().run_id
+    run = RunStore(Workspace(home)).resolve(older)  # as written before log lines were records
+    metrics = run.file("metrics.jsonl")
+    kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["type"] in ("train", "eval")]
+    metrics.write_text("\n".join(kept) + "\n")
+
+    async def log_of(run_id: str) -> list[tuple[str, Style | None]]:
+        app = make_app(home, poll=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await started(pilot)
+            await pilot.press("f5")
+            table = app.query_one("#runs-table", DataTable)
+            await wait_for(pilot, lambda: run_id in table.rows, "the run listed")
+            table.move_cursor(row=table.get_row_index(run_id))
+            app.query_one("#runs-detail", TabbedContent).active = "runs-log-pane"
+            log = app.query_one("#runs-log", RichLog)
+            await wait_for(pilot, lambda: any("finished:" in "".join(s.text for s in strip) for strip in log.lines),
+                           "the run's log")
+            return [("".join(s.text for s in strip).rstrip(),
+                     next((s.style for s in strip if s.text.strip()), None)) for strip in log.lines]
+
+    lines = asyncio.run(log_of(typed))
+    evaluations = [style for text, style in lines if re.search(r"\d\d:\d\d:\d\d  step +3  train", text)]
+    assert evaluations and evaluations[0].bold, "an evaluation line, with its time, in bold"
+    finished = [style for text, style in lines if "  finished: completed" in text]
+    assert finished and finished[0].bold and finished[0].color.name == "green"
+
+    plain = asyncio.run(log_of(older))
+    assert [text for text, _ in plain if "  step      3  train" in text], "train.log's own lines"
+    assert all(style is None or not style.bold for _, style in plain)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,14 @@ from gptui.core.export import export_run, export_target_problem, exported_class
 from gptui.core.finetune import fine_tune_source
 from gptui.core.runs import Run, RunInfo, RunStore, resume_mends
 from gptui.core.workspace import Workspace
-from gptui.tui.formatting import human_bytes, human_duration, human_number, loss_text
+from gptui.tui.formatting import LOG_STYLES, human_bytes, human_duration, human_number, loss_text
 from gptui.tui.widgets.attention import AttentionScreen
 from gptui.tui.widgets.loss_plot import LossPlot
 from gptui.tui.widgets.modals import ConfirmModal, PathPromptModal, PickModal, TextPromptModal
 
 POLL_SECONDS = 3.0  # how often models/ is looked at again, for runs started elsewhere
+LOG_RECORDS = 2000  # the last log lines the Log pane shows (as many as it keeps)
+LOG_CHARS = 100_000  # of train.log's end, for a run folder from before log lines were records
 
 COLUMNS: list[tuple[str, str]] = [
     ("id", "run"), ("corpus", "corpus"), ("params", "params"), ("tokenizer", "tokenizer"), ("world_size", "procs"),
@@ -100,7 +103,7 @@ class RunsTab(Vertical):
             self.infos = infos
 
     class _Detail(Message):
-        def __init__(self, run_id: str, settings: Text, log: str, series: dict[str, tuple[list, list]],
+        def __init__(self, run_id: str, settings: Text, log: Text, series: dict[str, tuple[list, list]],
                      title: str) -> None:
             super().__init__()
             self.run_id, self.settings, self.log, self.series, self.title = run_id, settings, log, series, title
@@ -270,6 +273,7 @@ class RunsTab(Vertical):
     @work(thread=True, exclusive=True, group="runs-detail", exit_on_error=False)
     def _load_detail(self, run_id: str, marked: list[str]) -> None:
         run = Run(self.store.root / run_id)
+        metrics = _metrics(run)
         try:
             config = run.read_config()
         except (OSError, ValueError):
@@ -283,12 +287,11 @@ class RunsTab(Vertical):
                 series[other[-24:]] = ([m["step"] for m in evals], [m.get("val_bpb", m["val_loss"]) for m in evals])
         else:
             title = f"loss of {run_id}"
-            metrics = _metrics(run)
             train = [m for m in metrics if m.get("type") == "train" and "loss" in m]
             evals = [m for m in metrics if m.get("type") == "eval" and "val_loss" in m]
             series["train"] = ([m["step"] for m in train], [m["loss"] for m in train])
             series["val"] = ([m["step"] for m in evals], [m["val_loss"] for m in evals])
-        self.post_message(self._Detail(run_id, settings, run.read_log(), series, title))
+        self.post_message(self._Detail(run_id, settings, _log_text(run, metrics), series, title))
 
     @on(_Detail)
     def _detail(self, message: _Detail) -> None:
@@ -303,7 +306,7 @@ class RunsTab(Vertical):
             plot.set_series(name, xs, ys)
         settings.update(message.settings)
         log.clear()
-        log.write(Text(message.log[-100_000:]))
+        log.write(message.log)
 
     # --- actions ---------------------------------------------------------------------------------------------
 
@@ -484,6 +487,23 @@ def _metrics(run: Run) -> list[dict]:
         return run.metrics()
     except (OSError, ValueError):
         return []
+
+
+def _log_text(run: Run, metrics: list[dict]) -> Text:
+    """The run's log as its train.log reads, each line styled by its record's kind as the Train tab shows it; a run
+    folder written before log lines were records shows train.log's text as it is."""
+    records = [m for m in metrics if m.get("type") == "log" and isinstance(m.get("line"), str)]
+    if not records:
+        return Text(run.read_log()[-LOG_CHARS:])
+    text = Text()
+    for record in records[-LOG_RECORDS:]:
+        when = record.get("time")
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S  ", time.localtime(when)) if isinstance(when, int | float) else ""
+        style = LOG_STYLES.get(record.get("kind"), "")
+        for part in record["line"].splitlines() or [""]:
+            text.append(f"{stamp}{part}\n" if part else "\n", style=style)
+    text.rstrip()
+    return text
 
 
 def _settings_text(run_id: str, config: dict[str, Any], state: dict[str, Any]) -> Text:
