@@ -99,3 +99,17 @@ async def wait_for(pilot, condition: Callable[[], bool], what: str, tries: int =
 async def started(pilot) -> None:
     """Wait for the tabs that mount just after the first frame."""
     await wait_for(pilot, lambda: pilot.app.tabs_mounted, "every tab to mount")
+
+
+async def on_runs_tab(pilot, run_id: str):
+    """Wait for the tabs, open the Runs tab, wait for `run_id` to be listed, select it and focus the table."""
+    from textual.widgets import DataTable
+
+    await started(pilot)
+    await pilot.press("f5")
+    table = pilot.app.query_one("#runs-table", DataTable)
+    await wait_for(pilot, lambda: run_id in table.rows, "the run listed")
+    table.move_cursor(row=table.get_row_index(run_id))
+    table.focus()
+    await pilot.pause()
+    return table

@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from textual.widgets import DataTable
-
 from gptui.core.claim import claim_run
 from gptui.core.runs import RunStore, check_run
 from gptui.core.workspace import Workspace
 from gptui.tui.app import make_app
-from tests.functional.conftest import TINY, started, wait_for
+from tests.functional.conftest import TINY, on_runs_tab, started, wait_for
 
 
 def train(home: Path) -> str:
@@ -63,10 +61,7 @@ def test_the_runs_tab_names_the_damage_or_resumes_a_run_the_resume_mends(home: P
     async def go() -> None:
         app = make_app(home, poll=False)
         async with app.run_test(size=(120, 40)) as pilot:
-            await started(pilot)
-            await pilot.press("f5")
-            table = app.query_one("#runs-table", DataTable)
-            await wait_for(pilot, lambda: run_id in table.rows, "the run listed")
+            await on_runs_tab(pilot, run_id)
             await pilot.press("r")
             await pilot.pause()
             assert any(f"Cannot resume {run_id}: it is damaged (tokenizer.json is unreadable)." in n.message
@@ -86,10 +81,7 @@ def test_the_runs_tab_resumes_a_run_whose_weights_a_resume_rebuilds(home: Path) 
     async def go() -> None:
         app = make_app(home, poll=False)
         async with app.run_test(size=(120, 40)) as pilot:
-            await started(pilot)
-            await pilot.press("f5")
-            table = app.query_one("#runs-table", DataTable)
-            await wait_for(pilot, lambda: run_id in table.rows, "the run listed")
+            await on_runs_tab(pilot, run_id)
             assert app.runs_tab.info(run_id).status == "damaged"
             await pilot.press("r")
             await wait_for(pilot, lambda: app.train_tab.stats.get("status", "").startswith("completed"),

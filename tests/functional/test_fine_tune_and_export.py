@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from textual.widgets import DataTable, Input, OptionList, Static
+from textual.widgets import Input, OptionList, Static
 
 from gptui.core.config import Config
 from gptui.core.runs import RunStore
@@ -16,7 +16,7 @@ from gptui.core.trainer import TrainJob
 from gptui.core.workspace import Workspace
 from gptui.tui.app import make_app
 from gptui.tui.widgets.modals import PathPromptModal, PickModal
-from tests.functional.conftest import TINY, started, wait_for
+from tests.functional.conftest import TINY, on_runs_tab, wait_for
 
 
 @pytest.fixture
@@ -28,18 +28,6 @@ def trained_home(home: Path) -> tuple[Path, str]:
     small = (home / "inputs" / "small.txt").read_text(encoding="utf-8")
     (home / "inputs" / "later.txt").write_text(small[20_000:], encoding="utf-8")
     return home, result.run_id
-
-
-async def on_runs_tab(pilot, run_id: str) -> DataTable:
-    app = pilot.app
-    await started(pilot)
-    await pilot.press("f5")
-    table = app.query_one("#runs-table", DataTable)
-    await wait_for(pilot, lambda: run_id in table.rows, "the run listed")
-    table.move_cursor(row=table.get_row_index(run_id))
-    table.focus()
-    await pilot.pause()
-    return table
 
 
 def test_export_writes_the_folder_and_a_refused_path_keeps_the_dialog(trained_home, tmp_path) -> None:

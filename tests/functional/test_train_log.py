@@ -10,12 +10,12 @@ import re
 from pathlib import Path
 
 from rich.style import Style
-from textual.widgets import DataTable, RichLog, TabbedContent
+from textual.widgets import RichLog, TabbedContent
 
 from gptui.core import events as ev
 from gptui.tui.app import make_app
 from gptui.tui.formatting import LOG_STYLES
-from tests.functional.conftest import TINY, started, wait_for
+from tests.functional.conftest import TINY, on_runs_tab, started, wait_for
 
 LONG = ("warning: the tensorboard tracker failed (OSError: No space left on device); training goes on without it, "
         "and the run folder keeps every record")
@@ -76,11 +76,7 @@ def test_the_runs_tab_log_shows_a_runs_lines_by_kind_and_an_older_runs_log_as_wr
     async def log_of(run_id: str) -> list[tuple[str, Style | None]]:
         app = make_app(home, poll=False)
         async with app.run_test(size=(120, 40)) as pilot:
-            await started(pilot)
-            await pilot.press("f5")
-            table = app.query_one("#runs-table", DataTable)
-            await wait_for(pilot, lambda: run_id in table.rows, "the run listed")
-            table.move_cursor(row=table.get_row_index(run_id))
+            await on_runs_tab(pilot, run_id)
             app.query_one("#runs-detail", TabbedContent).active = "runs-log-pane"
             log = app.query_one("#runs-log", RichLog)
             await wait_for(pilot, lambda: any("finished:" in "".join(s.text for s in strip) for strip in log.lines),
