@@ -94,6 +94,7 @@ class BudgetFit:
         self.aside_seconds = 0.0
         self.measured: dict[str, float] = {}  # the last evaluation's and sample's seconds
         self.deadline = 0.0
+        self.done = False  # the refit is done: nothing more is timed
 
     def start(self, seconds_left: float) -> None:
         """The budget starts: `seconds_left` from now (on step_clock, the clock the steps are timed on)."""
@@ -102,12 +103,10 @@ class BudgetFit:
     def seconds_left(self) -> float:
         return self.deadline - step_clock()
 
-    @property
-    def timing(self) -> bool:
-        return self.t_from > 0.0 or self.refit_at is None
-
     def pace_at(self, step: int) -> float | None:
         """Seconds a training step when `step` (just done) is one to fit at, else None."""
+        if self.done:
+            return None
         if step == self.fit_from:
             self.t_from, self.aside_seconds = step_clock(), 0.0
         elif step == (self.fit_from + FIT_STEPS if self.refit_at is None else self.refit_at):
@@ -123,12 +122,12 @@ class BudgetFit:
 
     def finish(self) -> None:
         """The refit is done: nothing more is timed."""
-        self.t_from, self.refit_at = 0.0, -1
+        self.done = True
 
     @contextmanager
     def aside(self, kind: str):
         """Time work that is not a training step (kind "eval" or "sample" is remembered as that kind's cost)."""
-        if not self.timing:
+        if self.done:
             yield
             return
         t0 = step_clock()
