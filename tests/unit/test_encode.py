@@ -383,3 +383,71 @@ def test_char_tokenizer_sees_every_character_of_a_large_corpus():
     tok = train_tokenizer_from_documents(lambda: iter(docs), "char", 0, "", 1)
     assert tok.chars == sorted(set("".join(docs)))
     assert tok.eot_id == len(tok.chars)
+
+
+# --- worker processes (a large corpus that tiktoken encodes) --------------------------------------------------
+
+
+def _encode_in_processes(tmp_path, tok, docs, name, monkeypatch, cancel=None) -> tuple[Path, EncodedCorpus, list]:
+    """encode_documents with worker processes whatever the corpus's size; also the pools it used."""
+    import gptui.core.encode as encode
+
+    monkeypatch.setattr(encode, "PROCESS_MIN_BYTES", 0)
+    monkeypatch.setattr(encode, "PIECE_CHARS", 2000)  # many batches in flight
+    pools = []
+    real_processes, real_threads = encode._workers_for, encode._threads
+
+    def recorded(real):
+        def pool(*args):
+            made = real(*args)
+            pools.append(type(made[0]).__name__)
+            return made
+        return pool
+
+    monkeypatch.setattr(encode, "_workers_for", recorded(real_processes))
+    monkeypatch.setattr(encode, "_threads", recorded(real_threads))
+    out = tmp_path / name
+    result = encode_documents(iter(docs), tok, out, dtype=np.uint16, workers=2, is_val=len, cancel=cancel)
+    return out, result, pools
+
+
+MANY_DOCS = [KINDS[k] * (i + 1) for i, k in enumerate(KINDS)] * 20
+
+
+def test_worker_processes_write_the_file_threads_write(tmp_path, mixed_bpe, monkeypatch):
+    tok = mixed_bpe["gpt4"]
+    threads = encode_documents(iter(MANY_DOCS), tok, tmp_path / "threads.bin", dtype=np.uint16, workers=2,
+                               is_val=len)
+    out, processes, pools = _encode_in_processes(tmp_path, tok, MANY_DOCS, "processes.bin", monkeypatch)
+    assert pools == ["ProcessPoolExecutor"] and processes.encoder == "tiktoken"
+    assert (processes.n_tokens, processes.split, processes.val_bytes, processes.documents) == (
+        threads.n_tokens, threads.split, threads.val_bytes, threads.documents)
+    assert out.read_bytes() == (tmp_path / "threads.bin").read_bytes()
+
+
+def test_worker_processes_that_cannot_start_leave_the_work_to_threads(tmp_path, mixed_bpe, monkeypatch):
+    """A worker process that dies (here: its initializer cannot read the tokenizer) breaks the pool; the
+    batches not yet written are encoded again by threads, and the file is the same."""
+    tok = tokenizer_from_json(mixed_bpe["gpt4"].to_json())
+    expected = encode_documents(iter(MANY_DOCS), tok, tmp_path / "threads.bin", dtype=np.uint16, workers=2,
+                                is_val=len)
+    monkeypatch.setattr(tok, "to_json", lambda: "not a tokenizer")
+    out, result, pools = _encode_in_processes(tmp_path, tok, MANY_DOCS, "fallback.bin", monkeypatch)
+    assert pools == ["ProcessPoolExecutor", "ThreadPoolExecutor"]
+    assert result.n_tokens == expected.n_tokens
+    assert out.read_bytes() == (tmp_path / "threads.bin").read_bytes()
+
+
+def test_cancel_with_worker_processes_leaves_no_file(tmp_path, mixed_bpe, monkeypatch):
+    cancel = threading.Event()
+
+    def documents():
+        for k, d in enumerate(MANY_DOCS * 5):
+            if k == 400:
+                cancel.set()
+            yield d
+
+    (tmp_path / "out").mkdir()
+    with pytest.raises(CorpusCancelled):
+        _encode_in_processes(tmp_path / "out", mixed_bpe["gpt4"], documents(), "t.bin", monkeypatch, cancel)
+    assert list((tmp_path / "out").iterdir()) == []
