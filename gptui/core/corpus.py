@@ -336,14 +336,16 @@ class Corpus:
 
     # --- documents -------------------------------------------------------------------------------------------
 
-    def documents(self, scan: Scan, replace_errors: bool = False, skip_bad_rows: bool = False) -> Iterator[str]:
+    def documents(self, scan: Scan, replace_errors: bool = False, skip_bad_rows: bool = False,
+                  keep: Callable[[int], bool] | None = None) -> Iterator[str]:
         """Every document in order, one `str` each (a single document in pieces: see the module's note).
-        Empty documents are left out. `self.counts` counts this pass."""
+        Empty documents are left out. `self.counts` counts this pass. With `keep`, a folder reads only the
+        files whose size in bytes `keep` takes, in order (a sample); other kinds ignore it."""
         self.counts = counts = DocumentCounts()
         if self.kind in ("txt", "txt.gz"):
             source = self._pieces(scan.text_files[0], replace_errors)
         elif self.kind == "folder":
-            source = self._files_as_documents(scan.text_files, replace_errors)
+            source = self._files_as_documents(scan.text_files, replace_errors, keep)
         elif self.kind in ("jsonl", "jsonl.gz"):
             source = self._json_lines(scan.text_files[0], replace_errors, skip_bad_rows)
         else:
@@ -362,7 +364,7 @@ class Corpus:
             counts.documents = 1
             if counts.blank:
                 raise CorpusError(f"{self.path} is empty")
-        elif counts.documents == 0:
+        elif counts.documents == 0 and keep is None:
             raise CorpusError(f"{self.label} holds no document with text"
                               + (f" ({counts.skipped_rows} bad rows skipped)" if counts.skipped_rows else ""))
 
@@ -408,11 +410,15 @@ class Corpus:
         except (OSError, EOFError, zlib.error) as exc:
             raise CorpusError(f"{entry.path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
 
-    def _files_as_documents(self, entries: list[FileEntry] | None, replace_errors: bool) -> Iterator[str]:
+    def _files_as_documents(self, entries: list[FileEntry] | None, replace_errors: bool,
+                            keep: Callable[[int], bool] | None = None) -> Iterator[str]:
         """Each text file's text; with `entries` None, the folder is walked again and its binary files are left
-        out by the rules of the scan (a NUL byte, or bad UTF-8 without `replace_errors`)."""
+        out by the rules of the scan (a NUL byte, or bad UTF-8 without `replace_errors`). A file `keep` does
+        not take is skipped unread."""
         walk = entries is None
         for entry in self.iter_files() if walk else entries:
+            if keep is not None and not keep(entry.size):
+                continue
             try:
                 with open(entry.full, "rb") as f:
                     data = f.read()

@@ -41,7 +41,7 @@ VAL_FRACTION = 0.1
 MISSING_SHOWN = 12  # characters named when a char tokenizer cannot encode a corpus
 DEFAULT_SAMPLE_MB = float(SETTINGS_BY_NAME["tokenizer_sample_mb"].default)
 
-Documents = Callable[[], Iterable[str]]
+Documents = Callable[..., Iterable[str]]  # () -> every document; (keep) -> a folder's files keep(size) takes
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ def prepare(
     def tokenizer_for(documents: Documents, source: Corpus, scan: Scan) -> Tokenizer:
         return train_tokenizer_from_documents(
             documents, spec.kind, spec.vocab_size, spec.pattern, spec.sample_mb, progress,
-            pieces=source.single_document, total_bytes=scan.bytes, cancel=cancel,
+            pieces=source.single_document, total_bytes=scan.bytes, cancel=cancel, by_size=source.kind == "folder",
         )
 
     return _prepare(corpus, lambda scan: spec.key(scan.bytes), tokenizer_for, cache_root, progress,
@@ -279,8 +279,8 @@ def _prepare(
         loaded.seconds["hash"] = scan.seconds
         return loaded
 
-    def documents() -> Iterable[str]:
-        return corpus.documents(scan, replace_errors, skip_bad_rows)
+    def documents(keep: Callable[[int], bool] | None = None) -> Iterable[str]:
+        return corpus.documents(scan, replace_errors, skip_bad_rows, keep)
 
     t1 = time.perf_counter()
     tokenizer = tokenizer_for(documents, corpus, scan)

@@ -521,3 +521,49 @@ def test_adding_links_large_files_and_folders_and_copies_small_text(workspace, t
         workspace.add_corpus(tmp_path / "empty")
     listed = {c.name: (c.kind, c.documents) for c in workspace.corpora()}
     assert listed["letters"] == ("folder", 3) and listed["rows"] == ("jsonl", 3) and listed["book.md"][0] == "txt"
+
+
+# --- the tokenizer's sample of a large folder --------------------------------------------------------------------
+
+
+def test_a_folder_reads_only_the_files_its_sample_keeps(tmp_path, monkeypatch):
+    root = write_folder(tmp_path / "notes", [f"note {i}: " + "word " * (i + 1) + "\n" for i in range(8)])
+    source = Corpus.open(root)
+    scan = source.scan()
+    opened = []
+
+    def recording_open(path, *args, **kwargs):
+        opened.append(os.path.basename(path))
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(corpus_module, "open", recording_open, raising=False)
+    sizes = []
+
+    def keep(size: int) -> bool:
+        sizes.append(size)
+        return len(sizes) % 3 == 1
+
+    kept = list(source.documents(scan, keep=keep))
+    entries = [e for e in source.iter_files()]
+    assert sizes == [e.size for e in entries]  # asked of every file, in order, before it is read
+    assert opened == [os.path.basename(e.full) for e in entries[::3]]
+    assert kept == [open(e.full, encoding="utf-8").read() for e in entries[::3]]
+
+
+def test_a_large_folder_gets_the_tokenizer_its_sample_read_whole_gives(workspace):
+    from gptui.core.data import TokenizerSpec
+    from gptui.core.encode import train_tokenizer_from_documents
+
+    docs = [f"file {i}: " + " ".join(f"w{(i * 7 + j) % 97}x" for j in range(300)) + "\n" for i in range(60)]
+    folder = workspace.inputs / "big"
+    for i, text in enumerate(docs):
+        (folder / f"{i:03d}.txt").parent.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:03d}.txt").write_text(text, encoding="utf-8")
+    total = sum(len(d) for d in docs)
+    spec = TokenizerSpec("bpe", 300, "gpt4", sample_mb=total / 4 / 1e6)  # a quarter of the folder
+    data = prepare_kind(workspace, folder, spec)
+    read_whole = train_tokenizer_from_documents(lambda: iter(docs), "bpe", 300, "gpt4", spec.sample_mb,
+                                                total_bytes=total)
+    assert data.tokenizer.token_bytes == read_whole.token_bytes
+    learnt_all = train_tokenizer_from_documents(lambda: iter(docs), "bpe", 300, "gpt4", 1, total_bytes=total)
+    assert data.tokenizer.token_bytes != learnt_all.token_bytes  # a sample indeed, not the whole folder
