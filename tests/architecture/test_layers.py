@@ -51,3 +51,14 @@ def test_engine_modules_the_ui_imports_at_startup_do_not_load_torch(name):
     code = f"import sys, gptui.core.{name}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_app_starts_without_numpy_or_torch():
+    """The first frame waits for every import of gptui.tui.app: numpy (~0.1 s here) and torch come later, with
+    the tabs' workers and actions that need them."""
+    import subprocess
+    import sys
+
+    code = "import sys, gptui.tui.app; print(sorted(m for m in ('numpy', 'torch') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

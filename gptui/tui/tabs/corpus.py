@@ -192,24 +192,23 @@ class CorpusTab(Vertical):
         self.refresh_cache_status()
 
     def _spec(self) -> TokenizerSpec:
-        from gptui.core.config import Config, apply_overrides
-        from gptui.core.data import TokenizerSpec
-
-        return TokenizerSpec.from_config(apply_overrides(Config(), self.tokenizer_values()))
+        return _spec_of(self.tokenizer_values())
 
     # --- cache status and Prepare (threads: they hash and tokenize files) ----------------------------------
 
     def refresh_cache_status(self) -> None:
-        try:
-            spec = self._spec()
-        except (GptuiError, ValueError):
-            return  # a half-typed vocabulary size: the field already says why
-        self._check_cache(spec, {k: i.path for k, i in self.infos.items() if not i.error}, self._text_field())
+        self._check_cache(self.tokenizer_values(), {k: i.path for k, i in self.infos.items() if not i.error},
+                          self._text_field())
 
     @work(thread=True, exclusive=True, group="corpus-cache", exit_on_error=False)
-    def _check_cache(self, spec, paths: dict[str, Path], text_field: str) -> None:
+    def _check_cache(self, values: dict[str, Any], paths: dict[str, Path], text_field: str) -> None:
+        # the spec is made here too: gptui.core.data brings numpy, which the first frame need not wait for
         from gptui.core.data import cache_status
 
+        try:
+            spec = _spec_of(values)
+        except (GptuiError, ValueError):
+            return  # a half-typed vocabulary size: the field already says why
         worker = get_current_worker()
         cancelled = _WorkerCancelled(worker)  # a newer check stops this one mid-way through a large corpus
         status = {}
@@ -348,3 +347,11 @@ class _WorkerCancelled:
 
     def is_set(self) -> bool:
         return self.worker.is_cancelled
+
+
+def _spec_of(values: dict[str, Any]) -> TokenizerSpec:
+    """The tokenizer the Corpus tab's settings describe (GptuiError or ValueError for settings that make none)."""
+    from gptui.core.config import Config, apply_overrides
+    from gptui.core.data import TokenizerSpec
+
+    return TokenizerSpec.from_config(apply_overrides(Config(), values))

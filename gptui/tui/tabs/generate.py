@@ -251,7 +251,9 @@ class GenerateTab(Vertical):
         with Horizontal(id="gen-middle"):
             with VerticalScroll(id="gen-transcript"):
                 yield Static("Type a prompt below and press Enter; the model continues it.", id="gen-empty")
-            yield ProbabilityPanel(id="gen-probs-panel")
+            panel = ProbabilityPanel(id="gen-probs-panel")
+            panel.display = False  # shown with p (set here: on_mount may run while a quitting app unmounts it)
+            yield panel
         with Horizontal(id="gen-input-row"):
             yield Input(placeholder="your prompt, then Enter (empty: from a newline)", id="gen-prompt", compact=True)
             yield Button("Send", id="gen-send", variant="primary", compact=True)
@@ -260,7 +262,6 @@ class GenerateTab(Vertical):
             yield Button("Save", id="gen-save", compact=True)
 
     def on_mount(self) -> None:
-        self.query_one("#gen-probs-panel", ProbabilityPanel).display = False
         self.post_message(self.Ready())
 
     def _setting(self, label: str, id: str, value: str, validators, type_: str = "text", placeholder: str = ""):

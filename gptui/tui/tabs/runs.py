@@ -23,7 +23,6 @@ from textual.widgets import Button, DataTable, RichLog, Static, TabbedContent, T
 
 from gptui.core.config import config_to_dict
 from gptui.core.errors import GptuiError
-from gptui.core.export import export_run, export_target_problem, exported_class
 from gptui.core.finetune import fine_tune_source
 from gptui.core.runs import Run, RunInfo, RunStore, resume_mends
 from gptui.core.workspace import Workspace
@@ -390,6 +389,8 @@ class RunsTab(Vertical):
         )
 
     def action_export(self) -> None:
+        from gptui.core.export import export_target_problem  # not at start-up: it brings numpy
+
         info = self._current_or_warn()
         if info is None:
             return
@@ -409,6 +410,8 @@ class RunsTab(Vertical):
     @work(thread=True, group="runs-export", exit_on_error=False)
     def _export(self, run_id: str, path: Path) -> None:
         # a thread: the export loads torch and reads the weights
+        from gptui.core.export import export_run, exported_class
+
         try:
             run = self.store.resolve(run_id)
             written = export_run(run, path, "hf")
