@@ -252,7 +252,7 @@ class GenerateTab(Vertical):
             with VerticalScroll(id="gen-transcript"):
                 yield Static("Type a prompt below and press Enter; the model continues it.", id="gen-empty")
             panel = ProbabilityPanel(id="gen-probs-panel")
-            panel.display = False  # shown with p (set here: on_mount may run while a quitting app unmounts it)
+            panel.display = False  # shown by the probs toggle (set here: on_mount may run while the app quits)
             yield panel
         with Horizontal(id="gen-input-row"):
             yield Input(placeholder="your prompt, then Enter (empty: from a newline)", id="gen-prompt", compact=True)
