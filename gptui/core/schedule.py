@@ -42,17 +42,35 @@ def estimated_eval_seconds(seconds_per_step: float, config: Config, world_size: 
     return seconds_per_step * 2 * config.eval_iters / (3 * config.grad_accum * world_size)
 
 
+def near_end_steps(config: Config) -> int:
+    """How close to the end of a time-budgeted run an evaluation due at a multiple of eval_interval is left to
+    the end's own: the budget, not the user, puts the end, often just past a multiple (211 with evaluations every
+    70), and one evaluation for both gives its time to training steps. 0 without a budget."""
+    return config.eval_interval // 10 if config.max_minutes > 0 else 0
+
+
+def evaluates_at(step: int, config: Config) -> bool:
+    """Whether the run evaluates after `step`: at the end (max_iters) and at every multiple of eval_interval
+    but one within near_end_steps of the end."""
+    if step == config.max_iters:
+        return True
+    return step % config.eval_interval == 0 and config.max_iters - step > near_end_steps(config)
+
+
 def fit_to_budget(step: int, seconds_per_step: float, seconds_left: float, config: Config,
                   world_size: int = 1, *, eval_seconds: float | None = None, sample_seconds: float = 0.0) -> int:
     """The step a run now at `step`, taking `seconds_per_step`, should end its schedule at to use `seconds_left`
-    (BUDGET_MARGIN of it): the most steps whose time, with an evaluation at every multiple of eval_interval and
-    one at the end, and a sample at every multiple of sample_interval, fits. At least one more step."""
+    (BUDGET_MARGIN of it): the most steps whose time, with the evaluations `evaluates_at` gives (one at the end,
+    one at every multiple of eval_interval not within near_end_steps of it) and a sample at every multiple of
+    sample_interval, fits. At least one more step."""
     if eval_seconds is None:
         eval_seconds = estimated_eval_seconds(seconds_per_step, config, world_size)
     budget = BUDGET_MARGIN * seconds_left
+    near = near_end_steps(config)
 
     def cost(end: int) -> float:
-        evals = (end - 1) // config.eval_interval - step // config.eval_interval + 1  # ...and the last step's
+        # the multiples after `step` up to end - near - 1, then the end's own
+        evals = max(0, (end - near - 1) // config.eval_interval - step // config.eval_interval) + 1
         samples = end // config.sample_interval - step // config.sample_interval if config.sample_interval else 0
         return (end - step) * seconds_per_step + evals * eval_seconds + samples * sample_seconds
 

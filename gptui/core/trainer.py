@@ -72,7 +72,7 @@ from gptui.core.runs import (
     state_readable,
     tokenizer_vocab_size,
 )
-from gptui.core.schedule import FIT_STEPS, BudgetFit, Fit, fit_to_budget, lr_at
+from gptui.core.schedule import FIT_STEPS, BudgetFit, Fit, evaluates_at, fit_to_budget, lr_at
 from gptui.core.tokenizer import load_tokenizer
 from gptui.core.trackers import TrackerListener, check_available, open_trackers
 from gptui.core.workspace import Workspace
@@ -640,7 +640,7 @@ class TrainingLoop:
             stop, out_of_time, report_due, checkpoint_due = self.agree()
             self._time_for_schedule()
             config = self.config
-            last = state.step == config.max_iters or state.step % config.eval_interval == 0
+            last = evaluates_at(state.step, config)
             if report_due or last or state.step == self.start_step + 1:
                 self.report()
             if last:

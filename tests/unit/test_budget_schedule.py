@@ -77,6 +77,29 @@ def test_the_steps_that_fit_count_each_step_the_evaluations_and_the_samples():
     assert fit_to_budget(10, 1.0, -5.0, config) == 11
 
 
+def test_an_end_just_past_an_evaluation_leaves_that_evaluation_to_the_end():
+    """The budget, not the user, puts the end, often a few steps past a multiple of eval_interval: the end's own
+    evaluation stands for that one, and the fit counts one evaluation where there used to be two."""
+    config = check(dataclasses.replace(trainer.Config(), eval_iters=3, eval_interval=70, grad_accum=1,
+                                       sample_interval=0, max_minutes=4.0))
+    unbudgeted = dataclasses.replace(config, max_minutes=0.0)
+    assert schedule.near_end_steps(config) == 7 and schedule.near_end_steps(unbudgeted) == 0
+
+    def evaluated(c, end):
+        return [s for s in range(1, end + 1) if schedule.evaluates_at(s, dataclasses.replace(c, max_iters=end))]
+
+    assert evaluated(config, 211) == [70, 140, 211]
+    assert evaluated(config, 217) == [70, 140, 217]
+    assert evaluated(config, 218) == [70, 140, 210, 218], "8 steps before the end is not within 7"
+    assert evaluated(config, 210) == [70, 140, 210]
+    assert evaluated(unbudgeted, 211) == [70, 140, 210, 211], "an end the user chose keeps every evaluation"
+    # 170 s usable from step 71, a step 1 s, an evaluation 10 s: 140 steps and three evaluations (140, 210, 211)
+    # were all that fit; with 210's left to the end, 146 steps and two (140, 217)
+    left = 170 / schedule.BUDGET_MARGIN
+    assert fit_to_budget(71, 1.0, left, unbudgeted, eval_seconds=10.0) == 211
+    assert fit_to_budget(71, 1.0, left, config, eval_seconds=10.0) == 217
+
+
 def test_the_refit_comes_after_the_first_evaluation_or_a_fifth_of_the_way():
     fit = BudgetFit(0)
     fit.plan_refit(10, 360, eval_interval=120)
@@ -115,6 +138,8 @@ def test_a_budget_fixes_where_the_schedule_ends_and_the_run_fills_it(workspace, 
         assert e.lr == pytest.approx(lr_at(e.step - 1, final))  # the lr of the step each event reports
     assert lr_at(end - 1, final) < budgeted.min_lr + 0.01 * (budgeted.lr - budgeted.min_lr)
     assert [e.step for e in events if isinstance(e, ev.Eval)][-1] == end
+    assert [e.step for e in events if isinstance(e, ev.Eval)] == [
+        s for s in range(1, end + 1) if schedule.evaluates_at(s, final)], "evaluated where the fit counted"
     assert (f"schedule: 1,000.0 ms a step (steps 3-21) and 3.0 s an evaluation, so {end:,} steps fit the "
             f"1-minute budget: the cosine ends at step {end:,} instead of") in log
 
