@@ -180,10 +180,10 @@ def _sample(
     documents are taken by their size in bytes before they are read (`documents(keep)`: a folder's files),
     so what is left out is never read."""
     read = taken = 0
-    if total_bytes is not None and total_bytes > sample_bytes and by_size:
+    if total_bytes is not None and total_bytes > sample_bytes:
         share, seen = sample_bytes / total_bytes, [0, 0]  # bytes read (or passed over), bytes taken
 
-        def keep(size: int) -> bool:
+        def take(size: int) -> bool:
             _check_cancel(cancel)
             seen[0] += size
             meter.update(seen[0])
@@ -192,19 +192,11 @@ def _sample(
                 return True
             return False
 
-        for item in documents(keep):
+        # only what is taken is cut into pieces
+        taken_items = documents(take) if by_size else (d for d in documents() if take(_utf8_len(d)))
+        for item in taken_items:
             yield from safe_pieces((item,), TRAIN_PIECE_CHARS)
         read = seen[0]
-    elif total_bytes is not None and total_bytes > sample_bytes:
-        share = sample_bytes / total_bytes
-        for item in documents():
-            _check_cancel(cancel)
-            n = _utf8_len(item)
-            read += n
-            if taken < share * read:  # only what is taken is cut into pieces
-                taken += n
-                yield from safe_pieces((item,), TRAIN_PIECE_CHARS)
-            meter.update(read)
     else:
         for piece in _text_pieces(documents(), pieces, TRAIN_PIECE_CHARS):
             _check_cancel(cancel)
@@ -393,9 +385,9 @@ class _Piece:
     val: bool
 
 
-def _encode_batch(encode: Callable[[str], np.ndarray], dtype, batch: list[_Piece]) -> list[tuple[np.ndarray, int]]:
-    """Runs on a worker thread: each piece's tokens and UTF-8 length."""
-    return [(encode(p.text).astype(dtype, copy=False), _utf8_len(p.text)) for p in batch]
+def _encode_texts(encode: Callable[[str], np.ndarray], dtype, texts: list[str]) -> list[tuple[np.ndarray, int]]:
+    """Runs on a worker: each text's tokens and UTF-8 length."""
+    return [(encode(text).astype(dtype, copy=False), _utf8_len(text)) for text in texts]
 
 
 _worker_encoder: Encoder | None = None  # in a worker process: the encoder its initializer built
@@ -409,10 +401,10 @@ def _start_worker(tokenizer_json: str) -> None:
     _worker_encoder = fast_encoder(tokenizer_from_json(tokenizer_json))
 
 
-def _encode_texts(texts: list[str], dtype) -> list[tuple[np.ndarray, int]]:
-    """Runs in a worker process: each text's tokens and UTF-8 length."""
+def _encode_in_worker(texts: list[str], dtype) -> list[tuple[np.ndarray, int]]:
+    """Runs in a worker process, with the encoder its initializer built."""
     assert _worker_encoder is not None
-    return [(_worker_encoder.encode(t).astype(dtype, copy=False), _utf8_len(t)) for t in texts]
+    return _encode_texts(_worker_encoder.encode, dtype, texts)
 
 
 def _workers_for(
@@ -428,13 +420,13 @@ def _workers_for(
         except (OSError, ValueError, NotImplementedError):
             pass
         else:
-            return processes, lambda batch: processes.submit(_encode_texts, [p.text for p in batch], dtype)
+            return processes, lambda batch: processes.submit(_encode_in_worker, [p.text for p in batch], dtype)
     return _threads(encoder, workers, dtype)
 
 
 def _threads(encoder: Encoder, workers: int, dtype) -> tuple[Executor, Callable[[list[_Piece]], Future]]:
     threads = ThreadPoolExecutor(workers, thread_name_prefix="gptui-encode")
-    return threads, lambda batch: threads.submit(_encode_batch, encoder.encode, dtype, batch)
+    return threads, lambda batch: threads.submit(_encode_texts, encoder.encode, dtype, [p.text for p in batch])
 
 
 class _Streams:
