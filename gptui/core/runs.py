@@ -59,6 +59,13 @@ def human_count(n: float) -> str:
     return str(int(n))
 
 
+def log_lines(line: str, when: float | None) -> list[str]:
+    """A log line as train.log holds it: each of its lines stamped with `when` (seconds since the epoch, local
+    time; None: no stamp), an empty one left empty."""
+    stamp = "" if when is None else datetime.fromtimestamp(when).strftime("%Y-%m-%d %H:%M:%S  ")
+    return [f"{stamp}{part}" if part else "" for part in line.splitlines() or [""]]
+
+
 class Run:
     """One run folder and the small API to read and write its files."""
 
@@ -116,9 +123,8 @@ class Run:
         atomic_write_text(self.file(METRICS), "".join(json.dumps(m, separators=(",", ":")) + "\n" for m in kept))
 
     def log(self, line: str = "") -> None:
-        stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-        for part in (line.splitlines() or [""]):
-            append_line(self.file(LOG), f"{stamp}  {part}" if part else "")
+        for text in log_lines(line, time.time()):
+            append_line(self.file(LOG), text)
 
     def read_log(self, max_bytes: int = 200_000) -> str:
         try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,9 @@ from textual.widgets import Button, DataTable, RichLog, Static, TabbedContent, T
 from gptui.core.config import config_to_dict
 from gptui.core.errors import GptuiError
 from gptui.core.finetune import fine_tune_source
-from gptui.core.runs import Run, RunInfo, RunStore, resume_mends
+from gptui.core.runs import Run, RunInfo, RunStore, log_lines, resume_mends
 from gptui.core.workspace import Workspace
-from gptui.tui.formatting import LOG_STYLES, human_bytes, human_duration, human_number, loss_text
+from gptui.tui.formatting import human_bytes, human_duration, human_number, log_text, loss_text
 from gptui.tui.widgets.attention import AttentionScreen
 from gptui.tui.widgets.loss_plot import LossPlot
 from gptui.tui.widgets.modals import ConfirmModal, PathPromptModal, PickModal, TextPromptModal
@@ -282,7 +281,8 @@ class RunsTab(Vertical):
         if marked:
             title = f"validation bits per byte of {len(marked)} marked run{'s' if len(marked) > 1 else ''}"
             for other in marked:
-                evals = [m for m in _metrics(Run(self.store.root / other)) if m.get("type") == "eval"]
+                others = metrics if other == run_id else _metrics(Run(self.store.root / other))
+                evals = [m for m in others if m.get("type") == "eval"]
                 series[other[-24:]] = ([m["step"] for m in evals], [m.get("val_bpb", m["val_loss"]) for m in evals])
         else:
             title = f"loss of {run_id}"
@@ -501,10 +501,8 @@ def _log_text(run: Run, metrics: list[dict]) -> Text:
     text = Text()
     for record in records[-LOG_RECORDS:]:
         when = record.get("time")
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S  ", time.localtime(when)) if isinstance(when, int | float) else ""
-        style = LOG_STYLES.get(record.get("kind"), "")
-        for part in record["line"].splitlines() or [""]:
-            text.append(f"{stamp}{part}\n" if part else "\n", style=style)
+        for line in log_lines(record["line"], when if isinstance(when, int | float) else None):
+            text.append_text(log_text(line + "\n", record.get("kind", "info")))
     text.rstrip()
     return text
 
