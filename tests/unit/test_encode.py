@@ -299,18 +299,20 @@ def test_progress_counts_bytes_with_an_eta(tmp_path, monkeypatch):
     assert progress_stage("encoding", 5_000_000, None, 2.0) == "encoding 5 MB (2.5 MB/s)"
 
 
+def cancelling(docs: list[str], at: int, cancel: threading.Event):
+    """The documents, with `cancel` set as the one numbered `at` is read."""
+    for k, d in enumerate(docs):
+        if k == at:
+            cancel.set()
+        yield d
+
+
 def test_cancel_leaves_no_file(tmp_path):
     tok = CharTokenizer(sorted(set("".join(DOCS))), eot=True)
     cancel = threading.Event()
-
-    def documents():
-        for k, d in enumerate(DOCS * 100):
-            if k == 500:
-                cancel.set()
-            yield d
-
     with pytest.raises(CorpusCancelled):
-        encode_documents(documents(), tok, tmp_path / "t.bin", dtype=np.uint16, is_val=is_val, cancel=cancel)
+        encode_documents(cancelling(DOCS * 100, 500, cancel), tok, tmp_path / "t.bin", dtype=np.uint16,
+                         is_val=is_val, cancel=cancel)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -440,14 +442,8 @@ def test_worker_processes_that_cannot_start_leave_the_work_to_threads(tmp_path, 
 
 def test_cancel_with_worker_processes_leaves_no_file(tmp_path, mixed_bpe, monkeypatch):
     cancel = threading.Event()
-
-    def documents():
-        for k, d in enumerate(MANY_DOCS * 5):
-            if k == 400:
-                cancel.set()
-            yield d
-
     (tmp_path / "out").mkdir()
     with pytest.raises(CorpusCancelled):
-        _encode_in_processes(tmp_path / "out", mixed_bpe["gpt4"], documents(), "t.bin", monkeypatch, cancel)
+        _encode_in_processes(tmp_path / "out", mixed_bpe["gpt4"], cancelling(MANY_DOCS * 5, 400, cancel), "t.bin",
+                             monkeypatch, cancel)
     assert list((tmp_path / "out").iterdir()) == []
